@@ -1,0 +1,69 @@
+"""Result models that core functions return and the Discord layer renders.
+
+Plain pydantic models: no discord import, easy to assert on in tests.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+RolloutState = Literal["complete", "progressing", "failed", "paused", "scaled-down", "unknown"]
+
+
+class PodState(BaseModel):
+    name: str
+    phase: str  # Pending / Running / Succeeded / Failed / Unknown
+    ready: bool
+    restarts: int = 0
+    reason: str | None = None  # e.g. CrashLoopBackOff, ImagePullBackOff
+    version: str | None = None
+    started_at: datetime | None = None
+
+
+class EventSummary(BaseModel):
+    type: str  # Warning / Normal
+    reason: str
+    message: str
+    object: str  # e.g. "pod/chat-gui-5d9c-abcde"
+    count: int = 1
+    last_seen: datetime | None = None
+
+
+class TargetState(BaseModel):
+    """What one service runs in one env, as read from its platform."""
+
+    service: str
+    env: str
+    platform: str  # "kubernetes", "docker"
+    where: str  # human description of the target
+    image: str | None = None
+    version: str | None = None
+    desired: int = 0
+    updated: int = 0
+    ready: int = 0
+    available: int = 0
+    rollout: RolloutState = "unknown"
+    rollout_message: str | None = None
+    revision: int | None = None
+    pods: list[PodState] = Field(default_factory=list)
+    warnings: list[EventSummary] = Field(default_factory=list)
+    error: str | None = None  # set when the platform could not be read
+
+    @property
+    def restarts(self) -> int:
+        return sum(p.restarts for p in self.pods)
+
+    @property
+    def healthy(self) -> bool:
+        return self.error is None and self.rollout == "complete" and self.ready >= self.desired
+
+
+class StatusReport(BaseModel):
+    """The answer to ``!status [service] [env]``."""
+
+    states: list[TargetState]
+    requested_service: str | None = None
+    requested_env: str | None = None

@@ -1,0 +1,235 @@
+"""Typed settings: a YAML file, then ``OPSBOT_…`` environment variables on top.
+
+Nothing here is built at import time; call :func:`load_settings`.
+Secrets are :class:`SecretStr` and never printed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+SERVICE_NAME = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class KubernetesTarget(_Model):
+    """A service in one env that runs as a Kubernetes Deployment."""
+
+    type: Literal["kubernetes"] = "kubernetes"
+    context: str | None = Field(None, description="kubeconfig context; default: the current one")
+    namespace: str
+    deployment: str
+    container: str | None = Field(None, description="container to deploy; default: the deployment name")
+
+    @property
+    def container_name(self) -> str:
+        return self.container or self.deployment
+
+    def describe(self) -> str:
+        ctx = f"{self.context}/" if self.context else ""
+        return f"k8s {ctx}{self.namespace}/deploy/{self.deployment}"
+
+
+# Later platforms (docker) join this union with their own `type` literal.
+Target = Annotated[KubernetesTarget, Field(discriminator="type")]
+
+
+class ServiceConfig(_Model):
+    repository: str = Field(..., description="image repository; the image is <repository>:<version>")
+    description: str = ""
+    envs: dict[str, Target] = Field(default_factory=dict, description="env name -> where it runs")
+
+
+class EnvConfig(_Model):
+    confirm: bool = Field(False, description="deploys and rollbacks need a Confirm button press")
+    approvals: int = Field(0, ge=0, le=3, description="second persons who must press Approve")
+    timeout_seconds: int = Field(600, ge=10, le=7200, description="rollout timeout")
+    auto_rollback: bool = True
+    channels: list[str] = Field(
+        default_factory=list,
+        description="channel allowlist (names or IDs) for mutating commands in this env; empty = any",
+    )
+
+
+class ChannelsConfig(_Model):
+    """Channel names or IDs (as strings)."""
+
+    ops: str = "ops"
+    alerts: str = "alerts"
+    deploys: str = "deploys"
+
+
+class RoleGrants(_Model):
+    id: int = Field(..., description="Discord role ID (a snowflake)")
+    name: str = Field("", description="a label for humans; never used for matching")
+    grants: list[str] = Field(default_factory=list)
+
+    @field_validator("id")
+    @classmethod
+    def _snowflake(cls, v: int) -> int:
+        if v <= 0 or v >= 2**64:
+            raise ValueError("a Discord role ID is a positive 64-bit snowflake")
+        return v
+
+
+class PermissionsConfig(_Model):
+    roles: list[RoleGrants] = Field(default_factory=list)
+    users: dict[int, list[str]] = Field(
+        default_factory=dict, description="user ID -> extra grants (break-glass; prefer roles)"
+    )
+    everyone: list[str] = Field(
+        default_factory=lambda: ["help", "perms"], description="grants every member has"
+    )
+
+
+class HttpConfig(_Model):
+    listen: str = Field("127.0.0.1:8080", description="HOST:PORT for /healthz, /readyz, /metrics")
+
+
+class Settings(BaseSettings):
+    """Everything opsbot reads. YAML file < environment variables < CLI flags."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="OPSBOT_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    discord_token: SecretStr | None = None
+    command_prefix: str = "!"
+    guild_id: int | None = Field(None, description="guild to sync slash commands to (faster than global)")
+    data_dir: Path = Path("data")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite in data_dir")
+    kubeconfig: Path | None = None
+    docker_host: str | None = None
+    alertmanager_url: str | None = None
+    prometheus_url: str | None = None
+    webhook_listen: str | None = None
+    webhook_token: SecretStr | None = None
+    timezone: str = "UTC"
+
+    promotion: list[str] = Field(
+        default_factory=lambda: ["dev", "staging", "prod"], description="env promotion order"
+    )
+    environments: dict[str, EnvConfig] = Field(default_factory=dict)
+    services: dict[str, ServiceConfig] = Field(default_factory=dict)
+    channels: ChannelsConfig = Field(default_factory=ChannelsConfig)
+    permissions: PermissionsConfig = Field(default_factory=PermissionsConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    redact_patterns: list[str] = Field(default_factory=list)
+
+    # Set by load_settings so errors can name the file; not a user setting.
+    source_file: Path | None = Field(None, exclude=True)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # CLI flags arrive as init kwargs and win; then env vars; then the YAML file (also passed
+        # through init, see load_settings, but below env vars).
+        return (init_settings, env_settings, _YamlSource(settings_cls), file_secret_settings)
+
+    @property
+    def database(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'opsbot.db').resolve()}"
+
+    def env_order(self) -> list[str]:
+        """Envs in promotion order, then any others."""
+        names = [e for e in self.promotion if e in self.environments or self._env_used(e)]
+        for e in self.environments:
+            if e not in names:
+                names.append(e)
+        for svc in self.services.values():
+            for e in svc.envs:
+                if e not in names:
+                    names.append(e)
+        return names
+
+    def _env_used(self, env: str) -> bool:
+        return any(env in s.envs for s in self.services.values())
+
+    def env(self, name: str) -> EnvConfig:
+        return self.environments.get(name) or EnvConfig()
+
+    def previous_env(self, env: str) -> str | None:
+        if env in self.promotion:
+            i = self.promotion.index(env)
+            return self.promotion[i - 1] if i > 0 else None
+        return None
+
+
+_YAML_PATH: list[Path | None] = [None]
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    """Reads the YAML file named by ``load_settings`` (or ``OPSBOT_CONFIG``)."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = _YAML_PATH[0]
+        if path is None:
+            env = os.environ.get("OPSBOT_CONFIG")
+            path = Path(env) if env else None
+        if path is None:
+            return {}
+        return read_yaml(path)
+
+
+class ConfigFileError(Exception):
+    """The config file could not be read or is not a mapping."""
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigFileError(f"{path}: cannot read: {e.strerror or e}") from e
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigFileError(f"{path}: not valid YAML: {e}") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigFileError(f"{path}: the top level must be a mapping")
+    return data
+
+
+def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
+    """Build settings from a YAML file (optional), OPSBOT_ env vars, then explicit overrides.
+
+    ``overrides`` with value None are ignored so CLI flags that were not given don't mask
+    the file or the environment.
+    """
+    given = {k: v for k, v in overrides.items() if v is not None}
+    _YAML_PATH[0] = Path(path) if path else None
+    try:
+        settings = Settings(**given)
+    finally:
+        _YAML_PATH[0] = None
+    if path:
+        settings.source_file = Path(path)
+    return settings
