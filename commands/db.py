@@ -1,0 +1,136 @@
+"""The database: one SQLAlchemy engine, one declarative ``Base`` for every table.
+
+Tables (audit, incidents, locks, outbox, scheduler jobs) subclass :class:`Base`; import their
+modules before :meth:`Database.create_all` so they are registered on ``Base.metadata``.
+
+All work here is blocking. Async code calls it through :meth:`Database.run`, which runs it in a
+worker thread, so the event loop never waits on disk or network I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar, TypeVarTuple
+
+from sqlalchemy import DateTime, Engine, MetaData, create_engine, event, make_url
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.pool import StaticPool
+from sqlalchemy.types import TypeDecorator
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
+
+# Stable constraint names, so later migrations can refer to them on every backend.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    """The declarative base every opsbot table derives from."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime on every backend.
+
+    SQLite drops ``tzinfo``; this stores naive UTC and hands back aware UTC values.
+    Naive input is rejected rather than guessed at.
+    """
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: pass an aware (UTC) datetime")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Database:
+    """An engine plus a session factory for one database URL.
+
+    SQLite files get their parent directory created, WAL journaling and a busy timeout, so
+    concurrent writers from worker threads wait for each other instead of failing.
+    An in-memory SQLite database is a single shared connection, serialised by a lock.
+    Any other URL (``postgresql+psycopg://…``) is passed to SQLAlchemy unchanged.
+    """
+
+    def __init__(self, url: str, *, busy_timeout_ms: int = 5000) -> None:
+        self.url = make_url(url)
+        self._lock: threading.RLock | None = None
+        if self.url.get_backend_name() == "sqlite":
+            self.engine = self._sqlite_engine(busy_timeout_ms)
+        else:
+            self.engine = create_engine(self.url, pool_pre_ping=True)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def _sqlite_engine(self, busy_timeout_ms: int) -> Engine:
+        database = self.url.database or ":memory:"
+        memory = database == ":memory:"
+        if memory:
+            # One connection for every thread; otherwise each thread would see its own empty DB.
+            self._lock = threading.RLock()
+            engine = create_engine(
+                self.url, connect_args={"check_same_thread": False}, poolclass=StaticPool
+            )
+        else:
+            if not self.url.query.get("uri"):
+                Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            engine = create_engine(self.url, connect_args={"check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            try:
+                if not memory:
+                    cursor.execute("PRAGMA journal_mode=WAL")
+                cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+                cursor.execute("PRAGMA foreign_keys=ON")
+            finally:
+                cursor.close()
+
+        return engine
+
+    def create_all(self) -> None:
+        """Create every table registered on :data:`Base.metadata` that does not exist yet."""
+        Base.metadata.create_all(self.engine)
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session in a transaction: committed on success, rolled back on an exception."""
+        with self._lock or contextlib.nullcontext(), self._sessions.begin() as session:
+            yield session
+
+    async def run(self, fn: Callable[[*Ts], T], *args: *Ts) -> T:
+        """Run blocking ``fn(*args)`` in a worker thread and return its result."""
+        return await asyncio.to_thread(fn, *args)
+
+    def dispose(self) -> None:
+        """Close every pooled connection."""
+        self.engine.dispose()
+
+    def __repr__(self) -> str:
+        return f"Database({self.url.render_as_string(hide_password=True)!r})"
