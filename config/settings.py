@@ -95,10 +95,6 @@ class PermissionsConfig(_Model):
     )
 
 
-class HttpConfig(_Model):
-    listen: str = Field("127.0.0.1:8080", description="HOST:PORT for /healthz, /readyz, /metrics")
-
-
 class Settings(BaseSettings):
     """Everything opsbot reads. YAML file < environment variables < CLI flags."""
 
@@ -118,7 +114,10 @@ class Settings(BaseSettings):
     docker_host: str | None = None
     alertmanager_url: str | None = None
     prometheus_url: str | None = None
-    webhook_listen: str | None = None
+    webhook_listen: str = Field(
+        "127.0.0.1:8080",
+        description="HOST:PORT of the bot's HTTP server: /healthz, /readyz, /metrics and the alert webhook",
+    )
     webhook_token: SecretStr | None = None
     timezone: str = "UTC"
 
@@ -129,7 +128,6 @@ class Settings(BaseSettings):
     services: dict[str, ServiceConfig] = Field(default_factory=dict)
     channels: ChannelsConfig = Field(default_factory=ChannelsConfig)
     permissions: PermissionsConfig = Field(default_factory=PermissionsConfig)
-    http: HttpConfig = Field(default_factory=HttpConfig)
     redact_patterns: list[str] = Field(default_factory=list)
 
     # Set by load_settings so errors can name the file; not a user setting.

@@ -1,0 +1,112 @@
+"""The composition root: builds every client from Settings under ``async with`` and injects them.
+
+Nothing is built at import time. ``App.open(settings)`` yields a ready App; ``create_bot(app)``
+makes the discord.py bot that serves it (real gateway in ``opsbot run``, simcord elsewhere).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+
+import discord
+from discord.ext import commands
+
+from bot import checks
+from bot.http import HttpServer
+from bot.metrics import Metrics
+from commands.audit import AuditLog
+from commands.catalog import Catalog
+from commands.db import Database
+from commands.permissions import Policy
+from commands.targets.base import Platform
+from commands.tasks import Supervisor
+from config.settings import PermissionsConfig, Settings
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = ("bot.exts.core", "bot.exts.status", "bot.exts.audit")
+
+
+@dataclass
+class App:
+    settings: Settings
+    db: Database
+    audit: AuditLog
+    metrics: Metrics
+    supervisor: Supervisor
+    platforms: dict[str, Platform]
+    http: HttpServer | None = None
+    policy: Policy = field(init=False)
+    catalog: Catalog = field(init=False)
+    bot: commands.Bot | None = None
+
+    def __post_init__(self) -> None:
+        self.policy = Policy(self.settings.permissions)
+        self.catalog = Catalog(self.settings)
+
+    def replace_permissions(self, permissions: PermissionsConfig) -> None:
+        """Swap the role policy (the demo world maps role labels onto its own guild's IDs)."""
+        self.settings.permissions = permissions
+        self.policy = Policy(permissions)
+
+    def ready(self) -> tuple[bool, str]:
+        if self.bot is None or not self.bot.is_ready():
+            return False, "discord session not ready"
+        return True, "ok"
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, settings: Settings, *, serve_http: bool = True) -> AsyncIterator[App]:
+        async with AsyncExitStack() as stack:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+            db = Database(settings.database)
+            stack.callback(db.dispose)
+            await db.run(db.create_all)
+
+            platforms: dict[str, Platform] = {}
+            if any(t.type == "kubernetes" for s in settings.services.values() for t in s.envs.values()):
+                from commands.targets.kubernetes import KubernetesPlatform
+
+                k8s = KubernetesPlatform(settings.kubeconfig)
+                stack.push_async_callback(k8s.close)
+                platforms["kubernetes"] = k8s
+
+            supervisor = Supervisor()
+            await supervisor.start()
+            stack.push_async_callback(supervisor.stop)
+
+            app = cls(settings=settings, db=db, audit=AuditLog(db), metrics=Metrics(),
+                      supervisor=supervisor, platforms=platforms)
+            if serve_http:
+                app.http = HttpServer(settings.webhook_listen, app.metrics, app.ready)
+                await app.http.start()
+                stack.push_async_callback(app.http.stop)
+            yield app
+
+
+class OpsBot(commands.Bot):
+    def __init__(self, app: App) -> None:
+        intents = discord.Intents.default()
+        intents.message_content = True
+        intents.members = True
+        super().__init__(
+            command_prefix=commands.when_mentioned_or(app.settings.command_prefix),
+            intents=intents,
+            help_command=None,  # our own !help uses the permission checks (bot.exts.core)
+            allowed_mentions=discord.AllowedMentions(everyone=False, users=True, roles=True),
+            case_insensitive=True,
+        )
+        self.app = app
+        app.bot = self
+        checks.install(self)
+
+    async def setup_hook(self) -> None:
+        for ext in EXTENSIONS:
+            await self.load_extension(ext)
+
+
+def create_bot(app: App) -> OpsBot:
+    return OpsBot(app)

@@ -1,0 +1,61 @@
+"""`!status [service] [env]`: what runs where, read live from each platform."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.checks import member_allows, requires
+from bot.render import status_embeds
+from commands.catalog import UserError
+from commands.models import StatusReport
+from commands.status import get_status
+
+
+class Status(commands.Cog):
+    """Service status across environments."""
+
+    def __init__(self, bot: commands.Bot) -> None:
+        self.bot = bot
+        self.app = bot.app  # type: ignore[attr-defined]
+
+    @commands.hybrid_command(name="status")
+    @requires("status")
+    @app_commands.describe(service="a service (default: all)", env="an environment (default: all)")
+    async def status(self, ctx: commands.Context[Any], service: str | None = None, env: str | None = None) -> None:
+        """Version, replicas, rollout state, restarts and warnings of services per env."""
+        # `!status prod` means every service in prod.
+        if service and env is None and service.lower() in self.app.catalog.envs \
+                and service.lower() not in self.app.catalog.services:
+            service, env = None, service
+        await ctx.defer()
+        report = await get_status(self.app.catalog, self.app.platforms, service, env)
+        # A grant may be scoped (status:staging): show only what the caller may see.
+        visible = [s for s in report.states if member_allows(self.app, ctx.author, "status", s.env, s.service)]
+        if not visible:
+            raise UserError("you may not see the status of any of those")
+        hidden = len(report.states) - len(visible)
+        report = StatusReport(states=visible, requested_service=report.requested_service,
+                              requested_env=report.requested_env)
+        embeds, cut = status_embeds(report)
+        notes = []
+        if cut:
+            notes.append(f"+{cut} more not shown: name a service or env")
+        if hidden:
+            notes.append(f"{hidden} hidden by your grants")
+        await ctx.send(" · ".join(notes) or None, embeds=embeds)
+
+    @status.autocomplete("service")
+    async def _service_ac(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        return [app_commands.Choice(name=s, value=s) for s in self.app.catalog.services if current.lower() in s][:25]
+
+    @status.autocomplete("env")
+    async def _env_ac(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        return [app_commands.Choice(name=e, value=e) for e in self.app.catalog.envs if current.lower() in e][:25]
+
+
+async def setup(bot: commands.Bot) -> None:
+    await bot.add_cog(Status(bot))

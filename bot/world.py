@@ -1,0 +1,130 @@
+"""The embedded world: the sandbox cluster + the bot on an in-memory Discord (simcord).
+
+Used by ``opsbot console``, ``opsbot demo`` and the tests, so all three see the same world:
+guild ``dgg ops`` with channels ops/alerts/deploys and users admin/mod/oncall/member/guest
+(design §5). The bot code is the real, unmodified bot of ``opsbot run``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import simcord
+
+from bot.app import App, OpsBot, create_bot
+from config.settings import (
+    EnvConfig,
+    KubernetesTarget,
+    PermissionsConfig,
+    RoleGrants,
+    ServiceConfig,
+    Settings,
+    load_settings,
+)
+from sandbox import world
+
+
+def sandbox_settings(**overrides: Any) -> Settings:
+    """Settings for the sandbox world: the five services in dev/staging/prod on Kubernetes."""
+    services = {
+        svc: ServiceConfig(
+            repository=world.REPOSITORY.format(service=svc),
+            description=world.SERVICE_DESCRIPTIONS[svc],
+            envs={env: KubernetesTarget(namespace=env, deployment=svc) for env in world.ENVS},
+        )
+        for svc in world.SERVICES
+    }
+    environments = {
+        "dev": EnvConfig(timeout_seconds=120),
+        "staging": EnvConfig(timeout_seconds=300),
+        "prod": EnvConfig(confirm=True, timeout_seconds=600),
+    }
+    return load_settings(None, services=services, environments=environments, promotion=list(world.ENVS),
+                         **overrides)
+
+
+@dataclass
+class World:
+    env: simcord.Env
+    app: App
+    bot: OpsBot
+    guild: Any
+    channels: dict[str, Any] = field(default_factory=dict)
+    roles: dict[str, Any] = field(default_factory=dict)
+    members: dict[str, Any] = field(default_factory=dict)
+    sandbox: Any = None  # the in-process SandboxServer, when one runs
+
+    def channel_by_id(self, channel_id: int) -> Any:
+        for ch in self.channels.values():
+            if ch.id == channel_id:
+                return ch
+        return None
+
+
+def _policy_for(settings: Settings, roles: dict[str, Any]) -> PermissionsConfig:
+    """Map the config's role grants onto this guild's role IDs by their name labels.
+
+    A config without roles gets the sandbox world's policy.
+    """
+    wanted = {r.name: r.grants for r in settings.permissions.roles if r.name} or world.ROLE_GRANTS
+    return PermissionsConfig(
+        roles=[RoleGrants(id=roles[name].id, name=name, grants=grants)
+               for name, grants in wanted.items() if name in roles],
+        everyone=settings.permissions.everyone,
+    )
+
+
+async def populate(env: simcord.Env, app: App) -> dict[str, Any]:
+    """Create the demo guild and map the permission policy onto it."""
+    guild = env.create_guild(world.GUILD_NAME)
+    channels = {name: guild.create_text_channel(name) for name in world.CHANNELS}
+    role_names = list(dict.fromkeys([*world.ROLE_GRANTS, *(r.name for r in app.settings.permissions.roles if r.name)]))
+    roles = {name: guild.create_role(name) for name in role_names}
+    members = {
+        user: guild.add_member(env.create_user(user), roles=[roles[r] for r in role_list])
+        for user, role_list in world.USERS.items()
+    }
+    app.replace_permissions(_policy_for(app.settings, roles))
+    # Slash commands are synced deliberately, as on real Discord.
+    await app.bot.tree.sync()  # type: ignore[union-attr]
+    return {"guild": guild, "channels": channels, "roles": roles, "members": members}
+
+
+@asynccontextmanager
+async def open_world(
+    settings: Settings | None = None,
+    *,
+    config: Path | None = None,
+    kubeconfig: Path | None = None,
+    data_dir: Path | None = None,
+    serve_http: bool = False,
+    settle_timeout: float = 30.0,
+    **overrides: Any,
+) -> AsyncIterator[World]:
+    """Start the whole embedded world; stop it all on exit.
+
+    Without ``kubeconfig`` (and without one in the settings) an in-process sandbox cluster is
+    started and used. ``settings`` wins over ``config``; both default to the sandbox world.
+    """
+    async with AsyncExitStack() as stack:
+        if data_dir is None:
+            data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="opsbot-")))
+        if settings is None:
+            base = dict(data_dir=data_dir, kubeconfig=kubeconfig, **overrides)
+            settings = load_settings(config, **base) if config else sandbox_settings(**base)
+        sandbox = None
+        if settings.kubeconfig is None:
+            from sandbox.server import SandboxServer
+
+            sandbox = stack.enter_context(SandboxServer())
+            settings.kubeconfig = sandbox.write_kubeconfig(Path(data_dir) / "sandbox.kubeconfig")
+        app = await stack.enter_async_context(App.open(settings, serve_http=serve_http))
+        bot = create_bot(app)
+        env = await stack.enter_async_context(simcord.run(bot, settle_timeout=settle_timeout, check_errors=False))
+        parts = await populate(env, app)
+        yield World(env=env, app=app, bot=bot, sandbox=sandbox, **parts)
