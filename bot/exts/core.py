@@ -36,6 +36,14 @@ class Core(commands.Cog):
     # ------------------------------------------------------------------ timing + metrics
 
     @commands.Cog.listener()
+    async def on_ready(self) -> None:
+        self.app.metrics.set_up(True)
+
+    @commands.Cog.listener()
+    async def on_disconnect(self) -> None:
+        self.app.metrics.set_up(False)
+
+    @commands.Cog.listener()
     async def on_command(self, ctx: commands.Context[Any]) -> None:
         ctx._opsbot_started = time.perf_counter()  # type: ignore[attr-defined]
 
