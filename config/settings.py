@@ -7,11 +7,12 @@ Secrets are :class:`SecretStr` and never printed.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -19,6 +20,41 @@ from pydantic_settings import (
 )
 
 SERVICE_NAME = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+
+
+def _host_port(v: str) -> str:
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6); port 0 means "any free port"."""
+    host, sep, port = v.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:8080 or [::]:8080")
+    if ":" in host and not (host.startswith("[") and host.endswith("]")):
+        raise ValueError("write an IPv6 host in brackets: [::1]:8080")
+    return v
+
+
+def _timezone(v: str) -> str:
+    if v == "UTC":  # valid even where no tz database is installed
+        return v
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(v)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown timezone {v!r}; use an IANA name like Europe/Berlin") from None
+    return v
+
+
+def _regex(v: str) -> str:
+    try:
+        re.compile(v)
+    except re.error as e:
+        raise ValueError(f"invalid regular expression: {e}") from None
+    return v
+
+
+HostPort = Annotated[str, AfterValidator(_host_port)]
+TimeZoneName = Annotated[str, AfterValidator(_timezone)]
+Regex = Annotated[str, AfterValidator(_regex)]
 
 
 class _Model(BaseModel):
@@ -43,8 +79,15 @@ class KubernetesTarget(_Model):
         return f"k8s {ctx}{self.namespace}/deploy/{self.deployment}"
 
 
+def _default_target_type(v: Any) -> Any:
+    # `type` may be left out and means kubernetes; the discriminator needs it in the input.
+    if isinstance(v, dict) and "type" not in v:
+        return {**v, "type": "kubernetes"}
+    return v
+
+
 # Later platforms (docker) join this union with their own `type` literal.
-Target = Annotated[KubernetesTarget, Field(discriminator="type")]
+Target = Annotated[KubernetesTarget, Field(discriminator="type"), BeforeValidator(_default_target_type)]
 
 
 class ServiceConfig(_Model):
@@ -103,6 +146,8 @@ class Settings(BaseSettings):
         env_nested_delimiter="__",
         extra="forbid",
         validate_default=True,
+        # Errors must not echo values: a mistyped key may hold a token.
+        hide_input_in_errors=True,
     )
 
     discord_token: SecretStr | None = None
@@ -114,12 +159,12 @@ class Settings(BaseSettings):
     docker_host: str | None = None
     alertmanager_url: str | None = None
     prometheus_url: str | None = None
-    webhook_listen: str = Field(
+    webhook_listen: HostPort = Field(
         "127.0.0.1:8080",
         description="HOST:PORT of the bot's HTTP server: /healthz, /readyz, /metrics and the alert webhook",
     )
     webhook_token: SecretStr | None = None
-    timezone: str = "UTC"
+    timezone: TimeZoneName = "UTC"
 
     promotion: list[str] = Field(
         default_factory=lambda: ["dev", "staging", "prod"], description="env promotion order"
@@ -128,7 +173,7 @@ class Settings(BaseSettings):
     services: dict[str, ServiceConfig] = Field(default_factory=dict)
     channels: ChannelsConfig = Field(default_factory=ChannelsConfig)
     permissions: PermissionsConfig = Field(default_factory=PermissionsConfig)
-    redact_patterns: list[str] = Field(default_factory=list)
+    redact_patterns: list[Regex] = Field(default_factory=list)
 
     # Set by load_settings so errors can name the file; not a user setting.
     source_file: Path | None = Field(None, exclude=True)
@@ -200,6 +245,15 @@ class ConfigFileError(Exception):
     """The config file could not be read or is not a mapping."""
 
 
+def yaml_error_text(e: yaml.YAMLError) -> str:
+    """The problem and its line, without the source snippet PyYAML adds (it may hold a secret)."""
+    if isinstance(e, yaml.MarkedYAMLError):
+        mark = e.problem_mark or e.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        return f"{where}{e.problem or e.context or 'syntax error'}"
+    return type(e).__name__
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -208,7 +262,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ConfigFileError(f"{path}: not valid YAML: {e}") from e
+        raise ConfigFileError(f"{path}: not valid YAML: {yaml_error_text(e)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
