@@ -318,6 +318,11 @@ class _Checker:
                         "YAML keeps only the last one", line)
             )
         self._unknown_env_vars()
+        for key in [k for k in self.merged if not isinstance(k, str)]:
+            # `yes:`, `no:`, `on:` and numbers are not text in YAML; Settings(**data) cannot take them.
+            self.add("error", (key,), "unknown key: not text (YAML reads yes/no/on/off and numbers as such; "
+                     "quote it)")
+            del self.merged[key]
         try:
             r.settings = _validate(self.merged)
         except ValidationError as e:
@@ -443,8 +448,8 @@ class _Checker:
                              "settings (no confirmation) and no place in the promotion order"
                              + (f"; did you mean {hint!r}?" if hint else ""))
                 if isinstance(target, dict):
-                    key = tuple(target.get(k) for k in ("type", "context", "namespace", "deployment", "container"))
-                    key = ("kubernetes" if key[0] is None else key[0], *key[1:])
+                    key = tuple(str(target.get(k)) for k in ("type", "context", "namespace", "deployment", "container"))
+                    key = (str(target.get("type", "kubernetes")), *key[1:])
                     if key in targets:
                         self.add("warning", ep, f"same target as {_dotted(targets[key], self.merged)}: "
                                  "two names for one deployment")
@@ -600,7 +605,8 @@ def _dotted(path: YamlPath, data: Any = None) -> str:
             out += f"[{p}]"
             cur = cur[p] if 0 <= p < len(cur) else None
         else:
-            out += f".{p}" if out else str(p)
+            text = str(p) if re.fullmatch(r"[^\s.\[\]\"']+", str(p)) else f"[{str(p)!r}]"
+            out += text if not out or text.startswith("[") else f".{text}"
             cur = cur.get(p) if isinstance(cur, dict) else None
     return out
 
@@ -684,7 +690,7 @@ def _pydantic_problems(exc: ValidationError, data: dict[str, Any]) -> Iterator[t
         elif kind == "union_tag_invalid":
             message = f"unknown target type {ctx.get('tag')!r}; expected {ctx.get('expected_tags')}"
         elif kind == "string_type":
-            message = "expected text: put the value in quotes"
+            message = "expected text (quote numbers, dates and yes/no)"
         elif kind == "value_error":
             message = msg.removeprefix("Value error, ")
         else:
@@ -781,13 +787,14 @@ def _delete(data: Any, path: YamlPath) -> None:
         pass
 
 
-def _leaves(data: Any, path: YamlPath = ()) -> Iterator[tuple[YamlPath, Any]]:
-    if isinstance(data, dict):
-        for k, v in data.items():
-            yield from _leaves(v, path + (k,))
-    elif isinstance(data, list):
-        for i, v in enumerate(data):
-            yield from _leaves(v, path + (i,))
+def _leaves(data: Any, path: YamlPath = (), stack: frozenset[int] = frozenset()) -> Iterator[tuple[YamlPath, Any]]:
+    if isinstance(data, (dict, list)):
+        if id(data) in stack:  # a recursive alias
+            return
+        stack = stack | {id(data)}
+        items = data.items() if isinstance(data, dict) else enumerate(data)
+        for k, v in items:
+            yield from _leaves(v, path + (k,), stack)
     else:
         yield path, data
 

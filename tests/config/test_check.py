@@ -209,7 +209,7 @@ CASES: list[tuple[str, str, list[str]]] = [
     (
         "listen given as a number",
         "webhook_listen: 8080\n" + VALID,
-        ["error: webhook_listen (line 1): expected text: put the value in quotes"],
+        ["error: webhook_listen (line 1): expected text (quote numbers, dates and yes/no)"],
     ),
     (
         "URL without scheme",
