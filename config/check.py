@@ -65,7 +65,8 @@ DISCORD_EPOCH_MS = 1_420_070_400_000
 MUTATING = {"deploy", "deploy:force", "rollback", "lock", "ack", "silence", "oncall", "maintenance", "freeze"}
 SECRET_KEY = re.compile(r"token|secret|passw(or)?d|passphrase|api[-_]?key|private[-_]?key|credential", re.I)
 DISCORD_TOKEN = re.compile(r"\b[MNO][A-Za-z\d_-]{23,27}\.[A-Za-z\d_-]{6}\.[A-Za-z\d_-]{27,}\b")
-PLACEHOLDER = re.compile(r"^\$\{?[A-Za-z_][A-Za-z0-9_]*\}?$")
+PLACEHOLDER = re.compile(r"^\$\{?[A-Za-z_][A-Za-z0-9_]*\}?$")  # $VAR or ${VAR}
+BRACED_PLACEHOLDER = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*(:?-[^}]*)?\}$")  # ${VAR}, ${VAR:-default}
 
 
 # ----------------------------------------------------------------------------- results
@@ -257,8 +258,9 @@ class _Checker:
 
     # -- plumbing
 
-    def add(self, severity: Severity, path: YamlPath, message: str) -> None:
-        line, source = self.locate(path)
+    def add(self, severity: Severity, path: YamlPath, message: str, in_file: bool = False) -> None:
+        """Record a problem at ``path``; ``in_file``: about the file's text, even if overridden."""
+        line, source = (self._line(path), None) if in_file else self.locate(path)
         self.result.problems.append(Problem(severity, _dotted(path, self.merged), message, line, source))
 
     def locate(self, path: YamlPath) -> tuple[int | None, str | None]:
@@ -384,8 +386,10 @@ class _Checker:
         environments = m.get("environments")
         environments = environments if isinstance(environments, dict) else {}
         explicit_promotion = "promotion" in m
-        promotion = m.get("promotion") if explicit_promotion else DEFAULT_PROMOTION
-        promotion = [e for e in promotion if isinstance(e, str)] if isinstance(promotion, list) else []
+        raw = m.get("promotion") if explicit_promotion else DEFAULT_PROMOTION
+        # (index, name): indices as in the file, for locations
+        promo_items = [(i, e) for i, e in enumerate(raw) if isinstance(e, str)] if isinstance(raw, list) else []
+        promotion = [e for _, e in promo_items]
 
         used: dict[str, list[str]] = {}  # env -> services running there
         for name, svc in services.items():
@@ -395,24 +399,26 @@ class _Checker:
                     used.setdefault(str(env), []).append(str(name))
         known_envs = set(environments) | set(used) | (set(promotion) if explicit_promotion else set())
 
-        self._env_names(services, environments, promotion if explicit_promotion else [])
+        self._env_names(services, environments, promo_items if explicit_promotion else [])
         self._services(services, set(environments) | set(promotion))
         self._environments(environments, used)
         if explicit_promotion:
-            self._promotion(promotion, set(environments) | set(used))
+            self._promotion(promo_items, set(environments) | set(used))
         self._permissions(known_envs, {str(s) for s in services})
         self._misc()
 
-    def _env_names(self, services: dict[Any, Any], environments: dict[Any, Any], promotion: list[str]) -> None:
+    def _env_names(
+        self, services: dict[Any, Any], environments: dict[Any, Any], promotion: list[tuple[int, str]]
+    ) -> None:
         """Env names are matched against lowercased command arguments and written in grants."""
         places: list[tuple[Any, YamlPath]] = [(e, ("environments", e)) for e in environments]
-        places += [(e, ("promotion", i)) for i, e in enumerate(promotion)]
+        places += [(e, ("promotion", i)) for i, e in promotion]
         for name, svc in services.items():
             envs = svc.get("envs") if isinstance(svc, dict) else None
             places += [(e, ("services", name, "envs", e)) for e in envs] if isinstance(envs, dict) else []
         reported: set[Any] = set()
         for env, path in places:
-            if env in reported or not isinstance(env, str) or re.match(SERVICE_NAME, env):
+            if env in reported or not isinstance(env, str) or re.fullmatch(SERVICE_NAME, env):
                 continue
             reported.add(env)
             self.add("error", path, f"env name {env!r} must be a DNS label: lowercase letters, digits and '-'")
@@ -423,7 +429,7 @@ class _Checker:
         targets: dict[tuple[Any, ...], YamlPath] = {}
         for name, svc in services.items():
             p: YamlPath = ("services", name)
-            if isinstance(name, str) and not re.match(SERVICE_NAME, name):
+            if isinstance(name, str) and not re.fullmatch(SERVICE_NAME, name):
                 self.add("error", p, f"service name {name!r} must be a DNS label: lowercase letters, digits and '-'")
             if not isinstance(svc, dict):
                 continue
@@ -470,9 +476,9 @@ class _Checker:
                     if isinstance(ch, str) and ch.startswith("#"):
                         self.add("warning", ("environments", env, "channels", i), "write the channel name without '#'")
 
-    def _promotion(self, promotion: list[str], known: set[str]) -> None:
+    def _promotion(self, promotion: list[tuple[int, str]], known: set[str]) -> None:
         seen: set[str] = set()
-        for i, env in enumerate(promotion):
+        for i, env in promotion:
             if env in seen:
                 self.add("error", ("promotion", i), f"env {env!r} appears twice")
             seen.add(env)
@@ -524,8 +530,7 @@ class _Checker:
                 except ValueError:
                     continue
                 if grant and (grant.action == "*" or grant.action in MUTATING):
-                    self.add("warning", ("permissions", "everyone", i),
-                             f"every member of the guild may {'do anything' if grant.action == '*' else grant.action}")
+                    self.add("warning", ("permissions", "everyone", i), f"every member of the guild gets {g!r}")
         if not roles and self.merged.get("services"):
             self.add("warning", ("permissions", "roles"), "no roles: only the 'everyone' grants apply (deny by default)")
 
@@ -579,19 +584,21 @@ class _Checker:
             if value is None or value == "" or isinstance(value, bool):
                 continue
             key = path[-1] if path else ""
-            text = str(value)
-            if isinstance(key, str) and SECRET_KEY.search(key):
-                if isinstance(value, str) and PLACEHOLDER.match(value.strip()):
-                    self.add("error", path, f"looks like a variable placeholder, but the file is not expanded: "
-                             f"the literal text would be used; set {_env_name(path)} instead")
-                else:
-                    self.add("warning", path, "plaintext secret in the config file: set "
-                             f"{_env_name(path)}{' or use --token-file' if path == ('discord_token',) else ''} instead")
+            text = str(value).strip()
+            secret_key = isinstance(key, str) and bool(SECRET_KEY.search(key))
+            if isinstance(value, str) and (BRACED_PLACEHOLDER.match(text) or secret_key and PLACEHOLDER.match(text)):
+                self.add("error", path, "looks like a variable placeholder, but the file is not expanded: "
+                         f"the literal text would be used; set {_env_name(path)} instead", in_file=True)
+            elif secret_key:
+                flag = " or use --token-file" if path == ("discord_token",) else ""
+                self.add("warning", path, f"plaintext secret in the config file: set {_env_name(path)}{flag} instead",
+                         in_file=True)
             elif isinstance(value, str) and _url_password(text):
-                self.add("warning", path, f"URL with a password in the config file: set {_env_name(path)} instead")
+                self.add("warning", path, f"URL with a password in the config file: set {_env_name(path)} instead",
+                         in_file=True)
             elif isinstance(value, str) and DISCORD_TOKEN.search(text):
                 self.add("warning", path, "looks like a Discord token written in the config file: "
-                         "set OPSBOT_DISCORD_TOKEN instead")
+                         "set OPSBOT_DISCORD_TOKEN instead", in_file=True)
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -189,7 +189,7 @@ CASES: list[tuple[str, str, list[str]]] = [
     (
         "everyone may deploy",
         VALID + "  everyone: [help, perms, 'deploy:prod']\n",
-        ["warning: permissions.everyone[2] (line 12): every member of the guild may deploy"],
+        ["warning: permissions.everyone[2] (line 12): every member of the guild gets 'deploy:prod'"],
     ),
     (
         "bad timezone",
@@ -335,6 +335,27 @@ def test_a_yaml_syntax_error_does_not_print_the_line(capsys: pytest.CaptureFixtu
         "",
         f"check-config: {DATA / 'bad_syntax.yaml'}: cannot be checked",
     ]
+
+
+def test_a_placeholder_anywhere_is_an_error(tmp_path: Path) -> None:
+    result = check(_write(tmp_path, "database_url: ${DATABASE_URL}\n" + VALID))
+    assert _lines(result) == [
+        "error: database_url (line 1): looks like a variable placeholder, but the file is not expanded: "
+        "the literal text would be used; set OPSBOT_DATABASE_URL instead"
+    ]
+
+
+def test_a_secret_in_the_file_is_reported_even_when_the_environment_overrides_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPSBOT_DISCORD_TOKEN", "from-the-env")
+    result = check(_write(tmp_path, "discord_token: in-the-file-DoNotPrintMe\n" + VALID))
+    assert _lines(result) == [
+        "warning: discord_token (line 1): plaintext secret in the config file: set OPSBOT_DISCORD_TOKEN "
+        "or use --token-file instead"
+    ]
+    assert result.settings is not None
+    assert result.settings.discord_token.get_secret_value() == "from-the-env"  # type: ignore[union-attr]
 
 
 def test_secrets_from_the_environment_are_fine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
