@@ -51,8 +51,8 @@ class Grant:
         if text == "*":
             return cls("*")
         # "deploy:force" is one action name, optionally scoped after it.
-        if text.startswith("deploy:force"):
-            rest = text[len("deploy:force") :].lstrip(":")
+        if text == "deploy:force" or text.startswith("deploy:force:"):
+            rest = text[len("deploy:force:") :]
             parts = ["deploy:force", *(rest.split(":") if rest else [])]
         else:
             parts = text.split(":")
