@@ -6,20 +6,27 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
 from pydantic import SecretStr
 
 from bot.app import App, create_bot
-from config.settings import load_settings
+from config.check import check
 
 log = logging.getLogger(__name__)
 
 
 async def run_bot(config: Path | None, *, token_file: Path | None = None, sync: bool = False,
                   **overrides: Any) -> int:
-    settings = load_settings(config, **overrides)
+    # Refuse to start on a config that check-config rejects (names that can never be addressed,
+    # grants naming unknown envs, …): the same checks, the same report.
+    checked = check(config, **overrides)
+    if checked.errors or checked.settings is None:
+        print(checked.render(), file=sys.stderr)
+        return 1
+    settings = checked.settings
     if token_file is not None:
         settings.discord_token = SecretStr(token_file.read_text(encoding="utf-8").strip())
     if settings.discord_token is None or not settings.discord_token.get_secret_value():
