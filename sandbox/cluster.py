@@ -11,6 +11,7 @@ others, so every public method takes the cluster's lock and hands out deep copie
 
 from __future__ import annotations
 
+import builtins
 import copy
 import re
 import threading
@@ -238,8 +239,7 @@ def field_matcher(kind: ResourceKind, selector: str | None) -> Matcher:
             raise ApiError.bad_request(f"invalid field selector: {text.strip()!r}")
         path, op, value = m.groups()
         if path not in allowed:
-            raise ApiError.bad_request(
-                f'field label not supported: {path}')
+            raise ApiError.bad_request(f"field label not supported: {path}")
         requirements.append((path, op != "!=", value))
 
     def match(obj: Obj) -> bool:
@@ -480,7 +480,8 @@ class Cluster:
 
     def _validate_name(self, kind: ResourceKind, name: str) -> None:
         if not name:
-            raise ApiError.invalid(kind, name, "metadata.name", "Required value: name or generateName is required")
+            raise ApiError.invalid(kind, name, "metadata.name",
+                                   "Required value: name or generateName is required")
         if len(name) > 253 or not _NAME.match(name):
             raise ApiError.invalid(
                 kind, name, "metadata.name",
@@ -530,7 +531,7 @@ class Cluster:
             if watch in self._watches:
                 self._watches.remove(watch)
 
-    def _history_after(self, resource_version: str) -> list[WatchEvent]:
+    def _history_after(self, resource_version: str) -> builtins.list[WatchEvent]:
         try:
             since = int(resource_version)
         except ValueError:

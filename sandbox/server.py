@@ -13,6 +13,7 @@ never shares a loop with the bot or a test framework that patches the bot's loop
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import tempfile
@@ -26,7 +27,7 @@ from typing import Any
 
 from aiohttp import web
 
-from sandbox.cluster import ApiError, Cluster, Obj, ResourceKind, rfc3339
+from sandbox.cluster import ApiError, Cluster, Obj, ResourceKind
 from sandbox.kubeconfig import write_kubeconfig
 from sandbox.seed import seed
 
@@ -504,10 +505,8 @@ class KubernetesApi:
         queue: asyncio.Queue[tuple[str, Obj]] = asyncio.Queue()
 
         def notify(type_: str, obj: Obj) -> None:
-            try:
+            with contextlib.suppress(RuntimeError):  # the loop is gone: the server stopped
                 loop.call_soon_threadsafe(queue.put_nowait, (type_, obj))
-            except RuntimeError:  # the loop is gone: the server stopped
-                pass
 
         query = request.query
         as_table, include = _wants_table(request), _include(request)

@@ -63,7 +63,7 @@ def test_field_selectors() -> None:
     assert field_matcher(PODS, "metadata.name=p,status.phase=Running")(pod)
     assert field_matcher(PODS, "metadata.name!=q")(pod)
     assert not field_matcher(PODS, "status.phase!=Running")(pod)
-    with pytest.raises(ApiError, match="field label not supported: spec.replicas"):
+    with pytest.raises(ApiError, match=r"field label not supported: spec\.replicas"):
         field_matcher(DEPLOYMENTS, "spec.replicas=3")
 
 

@@ -94,7 +94,7 @@ def test_rollout_history_and_status(kubectl: Kubectl) -> None:
 def test_wide_output_and_all_namespaces(kubectl: Kubectl) -> None:
     header, *rows = _rows(kubectl("get", "deploy", "-A", "-o", "wide").stdout)
     assert header[:2] == ["NAMESPACE", "NAME"] and header[-3:] == ["CONTAINERS", "IMAGES", "SELECTOR"]
-    assert ["dev", "chat", "1/1", "1", "1"] == rows[1][:5]
+    assert rows[1][:5] == ["dev", "chat", "1/1", "1", "1"]
     assert rows[1][-2:] == ["registry.local/dgg/chat:v1.6.0-rc.1", "app=chat"]
 
 
