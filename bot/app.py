@@ -17,9 +17,12 @@ from discord.ext import commands
 from bot import checks
 from bot.http import HttpServer
 from bot.metrics import Metrics
+from bot.views import DYNAMIC_ITEMS, PendingStore
 from commands.audit import AuditLog
 from commands.catalog import Catalog
 from commands.db import Database
+from commands.deploy import Deployer
+from commands.locks import LockManager
 from commands.permissions import Policy
 from commands.targets.base import Platform
 from commands.tasks import Supervisor
@@ -27,7 +30,7 @@ from config.settings import PermissionsConfig, Settings
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("bot.exts.core", "bot.exts.status", "bot.exts.audit")
+EXTENSIONS = ("bot.exts.core", "bot.exts.status", "bot.exts.audit", "bot.exts.deploy", "bot.exts.locks")
 
 
 @dataclass
@@ -38,14 +41,18 @@ class App:
     metrics: Metrics
     supervisor: Supervisor
     platforms: dict[str, Platform]
+    locks: LockManager
     http: HttpServer | None = None
     policy: Policy = field(init=False)
     catalog: Catalog = field(init=False)
+    deployer: Deployer = field(init=False)
+    pending: PendingStore = field(default_factory=PendingStore)
     bot: commands.Bot | None = None
 
     def __post_init__(self) -> None:
         self.policy = Policy(self.settings.permissions)
         self.catalog = Catalog(self.settings)
+        self.deployer = Deployer(self.catalog, self.platforms, self.audit)
 
     def replace_permissions(self, permissions: PermissionsConfig) -> None:
         """Swap the role policy (the demo world maps role labels onto its own guild's IDs)."""
@@ -79,7 +86,7 @@ class App:
             stack.push_async_callback(supervisor.stop)
 
             app = cls(settings=settings, db=db, audit=AuditLog(db), metrics=Metrics(),
-                      supervisor=supervisor, platforms=platforms)
+                      supervisor=supervisor, platforms=platforms, locks=LockManager(db))
             if serve_http:
                 app.http = HttpServer(settings.webhook_listen, app.metrics, app.ready)
                 await app.http.start()
@@ -104,6 +111,7 @@ class OpsBot(commands.Bot):
         checks.install(self)
 
     async def setup_hook(self) -> None:
+        self.add_dynamic_items(*DYNAMIC_ITEMS)  # buttons keep answering across restarts
         for ext in EXTENSIONS:
             await self.load_extension(ext)
 

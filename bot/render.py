@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from typing import Any
 from datetime import UTC, datetime
 
 import discord
@@ -81,6 +82,8 @@ def summary_line(s: TargetState) -> str:
     parts = [f"`{s.version or '?'}`", f"{s.ready}/{s.desired} ready", f"{icon} {s.rollout}"]
     if s.restarts:
         parts.append(f"{s.restarts} restarts")
+    if s.locks:
+        parts.append("🔒 locked")
     return " · ".join(parts)
 
 
@@ -107,6 +110,8 @@ def _detail_embed(s: TargetState, now: datetime) -> discord.Embed:
             if len(s.pods) > 10:
                 lines.append(f"+{len(s.pods) - 10} more")
             e.add_field(name=f"Pods ({len(s.pods)})", value=clip("\n".join(lines), MAX_FIELD_VALUE), inline=False)
+        if s.locks:
+            e.add_field(name="Locks", value=clip("\n".join(f"🔒 {x}" for x in s.locks), MAX_FIELD_VALUE), inline=False)
         if s.warnings:
             lines = [f"**{w.reason}** {w.object}: {w.message}" + (f" (×{w.count})" if w.count > 1 else "")
                      + (f" · {_age(w.last_seen, now)} ago" if w.last_seen else "")
@@ -141,3 +146,104 @@ def status_embeds(report: StatusReport, now: datetime | None = None) -> tuple[li
 def code_block(text: str, limit: int = MAX_CONTENT) -> str:
     body = text.replace("```", "`\u200b``")
     return "```\n" + clip(body, limit - 8) + "\n```"
+
+
+# ---------------------------------------------------------------------- deploys
+
+def _bar(done: int, total: int, width: int = 12) -> str:
+    if total <= 0:
+        return "░" * width
+    filled = round(width * min(done, total) / total)
+    return "█" * filled + "░" * (width - filled)
+
+
+def _secs(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s} s" if s < 120 else f"{s // 60} m {s % 60:02d} s"
+
+
+def deploy_title(plan: Any) -> str:
+    if plan.kind == "deploy":
+        return f"{plan.service} → {plan.env}: {plan.from_version or '?'} → {plan.to_version}"
+    return f"{plan.service} in {plan.env}: rollback to revision {plan.revision} ({plan.to_version})"
+
+
+def progress_embed(plan: Any, actor_name: str, phase: str, p: Any, elapsed: float, first: Any = None) -> discord.Embed:
+    """The one message of a rollout, while it moves."""
+    doing = "Rolling back" if phase == "rollback" else ("Deploying" if plan.kind == "deploy" else "Rolling back")
+    e = discord.Embed(title=clip(deploy_title(plan), MAX_TITLE), colour=YELLOW if phase == "rollout" else RED)
+    lines = [f"🔄 **{doing}**… {_secs(elapsed)}"]
+    if first is not None:
+        lines.insert(0, f"❌ rollout failed: {first}")
+    if not p.observed:
+        lines.append("waiting for the controller to pick up the change")
+    lines += [
+        f"`updated  ` {_bar(p.updated, p.desired)} {p.updated}/{p.desired}",
+        f"`ready    ` {_bar(p.ready, p.desired)} {p.ready}/{p.desired}",
+        f"`available` {_bar(p.available, p.desired)} {p.available}/{p.desired}",
+    ]
+    if p.old:
+        lines.append(f"{p.old} old replica(s) still running")
+    if p.message and p.state != "complete":
+        lines.append(clip(p.message, 300))
+    e.description = "\n".join(lines)
+    e.set_footer(text=f"by {actor_name}")
+    return e
+
+
+def result_embed(result: Any, actor_name: str) -> discord.Embed:
+    plan = result.plan
+    took = _secs(result.seconds)
+    verb = "deployed" if plan.kind == "deploy" else "rolled back"
+    if result.outcome == "deployed":
+        what = (f"✅ {verb} **{plan.service} {plan.to_version}** to **{plan.env}** in {took}" if plan.kind == "deploy"
+                else f"✅ rolled back **{plan.service}** in **{plan.env}** to **{plan.to_version}** "
+                     f"(revision {plan.revision}) in {took}")
+        colour = GREEN
+    elif result.outcome == "rolled_back":
+        what = (f"❌ rollout of **{plan.service} {plan.to_version}** to **{plan.env}** failed: {result.reason}\n"
+                f"↩️ rolled back to **{result.rolled_back_to}** automatically ({took} in all)")
+        colour = RED
+    elif result.outcome == "rollback_failed":
+        what = (f"❌ rollout of **{plan.service} {plan.to_version}** to **{plan.env}** failed: {result.reason}\n"
+                f"🔥 the automatic rollback failed too: {result.rollback_error} — look now")
+        colour = RED
+    else:
+        what = f"❌ {plan.describe()} failed after {took}: {result.reason}"
+        colour = RED
+    e = discord.Embed(title=clip(deploy_title(plan), MAX_TITLE), description=clip(what, MAX_DESCRIPTION), colour=colour)
+    p = result.progress
+    if p is not None and result.outcome != "deployed":
+        e.add_field(name="At failure", value=f"{p.updated} updated · {p.ready} ready · {p.available} available "
+                                              f"of {p.desired}", inline=False)
+    e.set_footer(text=f"by {actor_name}")
+    return e
+
+
+def result_line(result: Any, actor_name: str, channel: str | None) -> str:
+    """One line for the deploys channel."""
+    plan = result.plan
+    where = f" (in #{channel})" if channel else ""
+    took = _secs(result.seconds)
+    if result.outcome == "deployed":
+        if plan.kind == "deploy":
+            return f"✅ {actor_name} deployed {plan.service} {plan.from_version} → {plan.to_version} to {plan.env} in {took}{where}"
+        return f"↩️ {actor_name} rolled {plan.service} in {plan.env} back to {plan.to_version} (revision {plan.revision}) in {took}{where}"
+    if result.outcome == "rolled_back":
+        return (f"❌ {actor_name}'s deploy of {plan.service} {plan.to_version} to {plan.env} failed ({clip(result.reason or '', 200)}); "
+                f"rolled back to {result.rolled_back_to}{where}")
+    return f"🔥 {actor_name}: {plan.describe()} failed: {clip(result.reason or '', 200)}{where}"
+
+
+def history_embed(service: str, env: str, revisions: Sequence[Any], who: dict[int, str], now: datetime) -> discord.Embed:
+    e = discord.Embed(title=f"History · {service} · {env}", colour=BLUE)
+    lines = []
+    for r in reversed(revisions):
+        mark = " ← **running**" if r.current else ""
+        age = f"{_age(r.created_at, now)} ago" if r.created_at else "?"
+        by = f" · by {who[r.revision]}" if r.revision in who else ""
+        cause = f"\n  {clip(r.change_cause, 150)}" if r.change_cause else ""
+        lines.append(f"`{r.revision:>3}` `{r.version or r.image}` · {age}{by}{mark}{cause}")
+    e.description = clip("\n".join(lines) or "no revisions", MAX_DESCRIPTION)
+    e.set_footer(text=f"!rollback {service} {env} [revision] goes back (default: the previous one)")
+    return e

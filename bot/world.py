@@ -81,6 +81,7 @@ def _policy_for(settings: Settings, roles: dict[str, Any]) -> PermissionsConfig:
 
 async def populate(env: simcord.Env, app: App) -> dict[str, Any]:
     """Create the demo guild and map the permission policy onto it."""
+    await app.bot.user.edit(username="opsbot")  # type: ignore[union-attr]
     guild = env.create_guild(world.GUILD_NAME)
     channels = {name: guild.create_text_channel(name) for name in world.CHANNELS}
     role_names = list(dict.fromkeys([*world.ROLE_GRANTS, *(r.name for r in app.settings.permissions.roles if r.name)]))
@@ -95,6 +96,12 @@ async def populate(env: simcord.Env, app: App) -> dict[str, Any]:
     return {"guild": guild, "channels": channels, "roles": roles, "members": members}
 
 
+async def _shutdown(env: simcord.Env) -> None:
+    await env.shutdown()
+    if env.check_errors:
+        env._raise_errors_since(env._errors_acknowledged)
+
+
 @asynccontextmanager
 async def open_world(
     settings: Settings | None = None,
@@ -104,6 +111,8 @@ async def open_world(
     data_dir: Path | None = None,
     serve_http: bool = False,
     settle_timeout: float = 30.0,
+    check_errors: bool = False,
+    clock_context: bool = True,
     **overrides: Any,
 ) -> AsyncIterator[World]:
     """Start the whole embedded world; stop it all on exit.
@@ -125,6 +134,13 @@ async def open_world(
             settings.kubeconfig = sandbox.write_kubeconfig(Path(data_dir) / "sandbox.kubeconfig")
         app = await stack.enter_async_context(App.open(settings, serve_http=serve_http))
         bot = create_bot(app)
-        env = await stack.enter_async_context(simcord.run(bot, settle_timeout=settle_timeout, check_errors=False))
+        env = simcord.Env(bot, settle_timeout=settle_timeout, check_errors=check_errors)
+        await env.start()
+        stack.push_async_callback(_shutdown, env)
+        if clock_context:
+            # Driver code's UTC helpers follow simcord's clock. Entered and left in this task; pytest
+            # fixtures run setup and teardown in different contexts, so they pass False and the
+            # conftest enters it around each test instead (as simcord's own plugin does).
+            stack.enter_context(env.time_context())
         parts = await populate(env, app)
         yield World(env=env, app=app, bot=bot, sandbox=sandbox, **parts)

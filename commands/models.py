@@ -51,6 +51,7 @@ class TargetState(BaseModel):
     pods: list[PodState] = Field(default_factory=list)
     warnings: list[EventSummary] = Field(default_factory=list)
     error: str | None = None  # set when the platform could not be read
+    locks: list[str] = Field(default_factory=list)  # locks in force on this target, described
 
     @property
     def restarts(self) -> int:
@@ -67,3 +68,35 @@ class StatusReport(BaseModel):
     states: list[TargetState]
     requested_service: str | None = None
     requested_env: str | None = None
+
+
+class RolloutProgress(BaseModel):
+    """One look at a rollout in flight (kubectl rollout status semantics)."""
+
+    desired: int = 0
+    updated: int = 0
+    ready: int = 0
+    available: int = 0
+    old: int = 0  # replicas of older revisions still running
+    observed: bool = True  # the controller has seen the latest spec
+    state: RolloutState = "progressing"
+    reason: str | None = None  # ProgressDeadlineExceeded, CrashLoopBackOff, ImagePullBackOff, …
+    message: str | None = None
+    revision: int | None = None
+    failing_pods: list[str] = Field(default_factory=list)
+
+    @property
+    def done(self) -> bool:
+        return self.state in ("complete", "failed")
+
+
+class RevisionInfo(BaseModel):
+    """One entry of a target's revision history."""
+
+    revision: int
+    image: str | None = None
+    version: str | None = None
+    change_cause: str | None = None
+    created_at: datetime | None = None
+    current: bool = False
+    replicas: int = 0

@@ -25,5 +25,15 @@ def require_program(name: str) -> str:
 @pytest.fixture
 async def world(tmp_path: Path) -> AsyncIterator[World]:
     """The whole embedded world: sandbox cluster over HTTP, the real bot on simcord, the demo guild."""
-    async with open_world(data_dir=tmp_path) as w:
+    async with open_world(data_dir=tmp_path, clock_context=False) as w:
         yield w
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_call(item: pytest.Item):
+    """Enter simcord's clock in the test's own context (never an async fixture's)."""
+    worlds = [v for v in getattr(item, "funcargs", {}).values() if isinstance(v, World)]
+    if len(worlds) == 1:
+        with worlds[0].env.time_context():
+            return (yield)
+    return (yield)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import discord
@@ -38,6 +39,10 @@ class Status(commands.Cog):
         if not visible:
             raise UserError("you may not see the status of any of those")
         hidden = len(report.states) - len(visible)
+        now = datetime.now(UTC)
+        locks = await self.app.locks.active(report.requested_env)
+        for state in visible:
+            state.locks = [lock.describe(now) for lock in locks if lock.covers(state.service, state.env)]
         report = StatusReport(states=visible, requested_service=report.requested_service,
                               requested_env=report.requested_env)
         embeds, cut = status_embeds(report)

@@ -1,0 +1,211 @@
+"""`!deploy`, `!rollback`, `!history`: releases with confirmation, one live progress message,
+automatic rollback, and a line in #deploys."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.checks import requires
+from bot.render import history_embed, progress_embed, result_embed, result_line
+from bot.views import ask_confirmation, new_pending
+from commands.deploy import Actor, Plan, Result
+from commands.locks import Locked, OperationLock
+
+log = logging.getLogger(__name__)
+
+EDIT_INTERVAL = 2.0  # at most one progress edit every ~2 s (Discord rate limits, readable)
+
+
+class ThrottledEditor:
+    """Edits one message at most every ``interval`` seconds; the latest state always wins."""
+
+    def __init__(self, message: discord.Message, interval: float = EDIT_INTERVAL) -> None:
+        self.message = message
+        self.interval = interval
+        self._last = 0.0
+        self.edits = 0
+
+    async def update(self, embed: discord.Embed) -> None:
+        now = time.monotonic()
+        if now - self._last < self.interval:
+            return
+        await self._edit(embed)
+
+    async def final(self, embed: discord.Embed) -> None:
+        await self._edit(embed, final=True)
+
+    async def _edit(self, embed: discord.Embed, final: bool = False) -> None:
+        self._last = time.monotonic()
+        for attempt in range(3 if final else 1):
+            try:
+                await self.message.edit(content=None, embed=embed)
+                self.edits += 1
+                return
+            except discord.HTTPException:
+                log.warning("progress edit failed (attempt %d)", attempt + 1, exc_info=True)
+                await asyncio.sleep(1 + attempt)
+
+
+def _actor(ctx_or_user: Any, channel: Any) -> Actor:
+    user = getattr(ctx_or_user, "author", ctx_or_user)
+    return Actor(id=user.id, name=getattr(user, "display_name", str(user)), channel=getattr(channel, "name", None))
+
+
+class Deploy(commands.Cog):
+    """Deploys, rollbacks and revision history."""
+
+    def __init__(self, bot: commands.Bot) -> None:
+        self.bot = bot
+        self.app = bot.app  # type: ignore[attr-defined]
+
+    # ------------------------------------------------------------------ commands
+
+    @commands.hybrid_command(name="deploy")
+    @requires("deploy")
+    @app_commands.describe(service="what to deploy", env="where", version="image tag (default: what the previous env runs)")
+    async def deploy(self, ctx: commands.Context[Any], service: str, env: str, version: str | None = None) -> None:
+        """Deploy a version (default: promote what the previous env runs), watching the rollout."""
+        await ctx.defer()
+        plan = await self.app.deployer.plan_deploy(service, env, version)
+        if plan.from_version == plan.to_version:
+            await ctx.send(f"ℹ️ `{plan.service}` already runs `{plan.to_version}` in `{plan.env}`; deploying it again "
+                           "restarts nothing. Use a different version.")
+            return
+        await self._begin(ctx, plan)
+
+    @commands.hybrid_command(name="rollback")
+    @requires("rollback")
+    @app_commands.describe(service="what to roll back", env="where", revision="revision number (default: the previous one)")
+    async def rollback(self, ctx: commands.Context[Any], service: str, env: str, revision: int | None = None) -> None:
+        """Go back to an earlier revision (kubectl rollout undo semantics)."""
+        await ctx.defer()
+        plan = await self.app.deployer.plan_rollback(service, env, revision)
+        await self._begin(ctx, plan)
+
+    @commands.hybrid_command(name="history")
+    @requires("history")
+    async def history(self, ctx: commands.Context[Any], service: str, env: str) -> None:
+        """Revisions with image, change-cause, age and who, and which one runs now."""
+        await ctx.defer()
+        revisions = await self.app.deployer.history(service, env)
+        service, env = self.app.catalog.service(service), self.app.catalog.env(env)
+        who = await self._who(service, env, revisions)
+        await ctx.send(embed=history_embed(service, env, revisions, who, datetime.now(UTC)))
+
+    async def _who(self, service: str, env: str, revisions: list[Any]) -> dict[int, str]:
+        """Who made each revision, from the audit log: the newest successful deploy of that version."""
+        records = await self.app.audit.query(service=service, env=env, action="deploy", limit=200)
+        by_version: dict[str, str] = {}
+        for r in reversed(records):  # oldest first, so newer ones win
+            if r.result == "ok" and r.args.get("version"):
+                by_version[r.args["version"]] = r.user_name
+        return {rev.revision: by_version[rev.version] for rev in revisions if rev.version in by_version}
+
+    @deploy.autocomplete("service")
+    @rollback.autocomplete("service")
+    @history.autocomplete("service")
+    async def _service_ac(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        return [app_commands.Choice(name=s, value=s) for s in self.app.catalog.services if current.lower() in s][:25]
+
+    @deploy.autocomplete("env")
+    @rollback.autocomplete("env")
+    @history.autocomplete("env")
+    async def _env_ac(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        return [app_commands.Choice(name=e, value=e) for e in self.app.catalog.envs if current.lower() in e][:25]
+
+    # ------------------------------------------------------------------ flow
+
+    async def _begin(self, ctx: commands.Context[Any], plan: Plan) -> None:
+        """Refuse early if locked; confirm where the env wants it; then start."""
+        await self._refuse_if_locked(plan)
+        actor = _actor(ctx, ctx.channel)
+        env_cfg = self.app.settings.env(plan.env)
+        if not (env_cfg.confirm or env_cfg.approvals):
+            message = await self._start(plan, actor, ctx.channel)
+            if ctx.interaction is not None:  # close the slash command's "thinking…"
+                await ctx.send(f"Started: {message.jump_url}", ephemeral=True)
+            return
+
+        async def start(interaction: discord.Interaction) -> None:
+            try:
+                await self._start(plan, actor, interaction.channel)
+            except Locked as e:
+                await interaction.followup.send(f"⚠️ {e}", ephemeral=True)
+
+        async def on_end(result: str, who: str) -> None:
+            await self.app.audit.record(user_id=actor.id, user_name=actor.name, action=plan.kind, service=plan.service,
+                                        env=plan.env, args={"version": plan.to_version, "revision": plan.revision},
+                                        result="cancelled", detail=f"{result} by {who}", channel=actor.channel)
+
+        pending = new_pending(self.app, action=plan.kind, service=plan.service, env=plan.env, user=ctx.author,
+                              summary=plan.describe(), start=start, on_end=on_end)
+        message = await ask_confirmation(self.app, ctx.channel, pending)
+        if ctx.interaction is not None:
+            await ctx.send(f"Confirmation asked: {message.jump_url}", ephemeral=True)
+
+    async def _refuse_if_locked(self, plan: Plan) -> None:
+        blocking = await self.app.locks.active(plan.env, plan.service)
+        if blocking:
+            raise Locked(blocking[0], now=datetime.now(UTC))
+
+    async def _start(self, plan: Plan, actor: Actor, channel: Any) -> discord.Message:
+        """Take the operation lock, post the progress message, run the rest in the background."""
+        timeout = self.app.settings.env(plan.env).timeout_seconds
+        lock = await self.app.locks.acquire_operation(plan.service, plan.env, actor.id, actor.name, plan.describe(),
+                                                      ttl=timedelta(seconds=timeout * 2 + 120))
+        try:
+            message = await channel.send(f"🚀 {plan.describe()} — started by {actor.name}")
+        except BaseException:
+            await lock.release()
+            raise
+        self.app.supervisor.submit(f"{plan.kind} {plan.service} {plan.env}",
+                                   lambda: self._run(plan, actor, message, lock))
+        return message
+
+    async def _run(self, plan: Plan, actor: Actor, message: discord.Message, lock: OperationLock) -> Result:
+        editor = ThrottledEditor(message)
+        first_failure: list[str] = []
+
+        async def on_progress(phase: str, p: Any, elapsed: float) -> None:
+            if phase == "rollout" and p.state == "failed":
+                first_failure.append(p.reason or "failed")
+            embed = progress_embed(plan, actor.name, phase, p, elapsed,
+                                   first=first_failure[0] if phase == "rollback" and first_failure else None)
+            if phase == "rollout" and p.state == "failed":
+                await editor.final(embed)  # say at once that it failed, before rolling back
+            else:
+                await editor.update(embed)
+
+        try:
+            result = await self.app.deployer.execute(plan, actor, on_progress)
+        finally:
+            await lock.release()
+        await editor.final(result_embed(result, actor.name))
+        await self._announce(message.guild, result_line(result, actor.name, actor.channel))
+        return result
+
+    async def _announce(self, guild: discord.Guild | None, line: str) -> None:
+        if guild is None:
+            return
+        name = self.app.settings.channels.deploys
+        channel = discord.utils.get(guild.text_channels, name=name) or (
+            guild.get_channel(int(name)) if name.isdigit() else None)
+        if channel is None:
+            log.warning("deploys channel %r not found", name)
+            return
+        try:
+            await channel.send(line, allowed_mentions=discord.AllowedMentions.none())
+        except discord.HTTPException:
+            log.warning("could not post to the deploys channel", exc_info=True)
+
+
+async def setup(bot: commands.Bot) -> None:
+    await bot.add_cog(Deploy(bot))
