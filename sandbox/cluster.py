@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import builtins
 import copy
+import functools
 import re
 import threading
 import uuid
@@ -293,6 +294,207 @@ class Watch:
         return None
 
 
+# --------------------------------------------------------------------------- patches
+
+
+class PatchError(ValueError):
+    """A patch that cannot be applied (the server answers 422)."""
+
+
+def json_patch(doc: Obj, operations: Any) -> Obj:
+    """RFC 6902 JSON Patch (``application/json-patch+json``)."""
+    if not isinstance(operations, list):
+        raise PatchError("a JSON patch must be a list of operations")
+    result: Any = copy.deepcopy(doc)
+    for op in operations:
+        if not isinstance(op, dict) or "op" not in op or "path" not in op:
+            raise PatchError(f"invalid JSON patch operation: {op!r}")
+        result = _json_patch_op(result, op)
+    if not isinstance(result, dict):
+        raise PatchError("the patched document is not an object")
+    return result
+
+
+def _json_patch_op(doc: Any, op: Obj) -> Any:
+    kind, path = op["op"], op["path"]
+    if kind == "test":
+        if _pointer_get(doc, path) != op.get("value"):
+            raise PatchError(f"test failed at {path}")
+        return doc
+    if kind == "remove":
+        return _pointer_remove(doc, path)
+    if kind in ("add", "replace"):
+        if "value" not in op:
+            raise PatchError(f"{kind} at {path} needs a value")
+        if kind == "replace":
+            _pointer_get(doc, path)  # must exist
+            doc = _pointer_remove(doc, path) if path else doc
+        return _pointer_add(doc, path, copy.deepcopy(op["value"]))
+    if kind in ("move", "copy"):
+        source = op.get("from")
+        if not isinstance(source, str):
+            raise PatchError(f"{kind} to {path} needs a 'from'")
+        value = copy.deepcopy(_pointer_get(doc, source))
+        if kind == "move":
+            doc = _pointer_remove(doc, source)
+        return _pointer_add(doc, path, value)
+    raise PatchError(f"unknown JSON patch operation {kind!r}")
+
+
+def _tokens(path: str) -> list[str]:
+    if path == "":
+        return []
+    if not path.startswith("/"):
+        raise PatchError(f"invalid JSON pointer {path!r}")
+    return [t.replace("~1", "/").replace("~0", "~") for t in path[1:].split("/")]
+
+
+def _step(container: Any, token: str, path: str, *, append: bool = False) -> int | str:
+    """The dict key or list index ``token`` names in ``container``."""
+    if isinstance(container, dict):
+        return token
+    if isinstance(container, list):
+        if append and token == "-":
+            return len(container)
+        if token.isdigit() and int(token) <= len(container) - (0 if append else 1):
+            return int(token)
+    raise PatchError(f"path {path} does not exist")
+
+
+def _pointer_get(doc: Any, path: str) -> Any:
+    for token in _tokens(path):
+        key = _step(doc, token, path)
+        if isinstance(doc, dict) and key not in doc:
+            raise PatchError(f"path {path} does not exist")
+        doc = doc[key]  # type: ignore[index]
+    return doc
+
+
+def _parent(doc: Any, path: str) -> tuple[Any, str]:
+    tokens = _tokens(path)
+    if not tokens:
+        raise PatchError("the whole document cannot be removed")
+    parent_path = "".join("/" + t.replace("~", "~0").replace("/", "~1") for t in tokens[:-1])
+    return _pointer_get(doc, parent_path), tokens[-1]
+
+
+def _pointer_add(doc: Any, path: str, value: Any) -> Any:
+    if path == "":
+        return value
+    parent, token = _parent(doc, path)
+    key = _step(parent, token, path, append=True)
+    if isinstance(parent, list):
+        parent.insert(int(key), value)
+    else:
+        parent[key] = value
+    return doc
+
+
+def _pointer_remove(doc: Any, path: str) -> Any:
+    parent, token = _parent(doc, path)
+    key = _step(parent, token, path)
+    if isinstance(parent, dict) and key not in parent:
+        raise PatchError(f"path {path} does not exist")
+    del parent[key]
+    return doc
+
+
+def merge_patch(doc: Any, patch: Any) -> Any:
+    """RFC 7386 JSON Merge Patch (``application/merge-patch+json``): null deletes a key."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = copy.deepcopy(doc) if isinstance(doc, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+# Lists that a strategic merge patch merges element-wise, by this key (Kubernetes'
+# ``patchMergeKey`` tags, for the kinds served here). Other lists are replaced.
+MERGE_KEYS = {
+    "containers": "name", "initContainers": "name", "ephemeralContainers": "name",
+    "env": "name", "ports": "containerPort", "volumeMounts": "mountPath",
+    "volumeDevices": "devicePath", "volumes": "name", "imagePullSecrets": "name",
+    "hostAliases": "ip", "conditions": "type", "ownerReferences": "uid",
+    "topologySpreadConstraints": "topologyKey", "resourceClaims": "name",
+    "schedulingGates": "name",
+}
+MERGED_SCALAR_LISTS = {"finalizers"}  # patchStrategy "merge" on a list of strings: a union
+
+
+def strategic_merge_patch(doc: Obj, patch: Any) -> Obj:
+    """Kubernetes' strategic merge patch (``application/strategic-merge-patch+json``).
+
+    A merge patch where lists of :data:`MERGE_KEYS` merge by key, with the directives
+    ``$patch: replace|delete``, ``$retainKeys``, ``$deleteFromPrimitiveList/<list>`` and
+    ``$setElementOrder/<list>`` (accepted; order is kept as it is).
+    """
+    if not isinstance(patch, dict):
+        raise PatchError("a strategic merge patch must be a JSON object")
+    return _smp_map(doc, patch)
+
+
+def _smp_map(original: Obj, patch: Obj) -> Obj:
+    if patch.get("$patch") == "replace":
+        return _without_directives(patch)
+    result = copy.deepcopy(original)
+    for key, value in patch.items():
+        if key.startswith("$deleteFromPrimitiveList/"):
+            name = key.split("/", 1)[1]
+            result[name] = [v for v in result.get(name) or [] if v not in value]
+        elif key.startswith("$"):
+            continue
+        elif value is None or (isinstance(value, dict) and value.get("$patch") == "delete"):
+            result.pop(key, None)
+        else:
+            result[key] = _smp_value(key, result.get(key), value)
+    if isinstance(retain := patch.get("$retainKeys"), list):
+        result = {k: v for k, v in result.items() if k in retain}
+    return result
+
+
+def _smp_value(key: str, old: Any, new: Any) -> Any:
+    if isinstance(new, dict) and isinstance(old, dict):
+        return _smp_map(old, new)
+    if isinstance(new, list) and isinstance(old, list):
+        if key in MERGE_KEYS:
+            return _smp_list(old, new, MERGE_KEYS[key])
+        if key in MERGED_SCALAR_LISTS:
+            return old + [v for v in new if v not in old]
+    return _without_directives(new)
+
+
+def _smp_list(old: list[Any], patch: list[Any], merge_key: str) -> list[Any]:
+    if any(isinstance(p, dict) and p.get("$patch") == "replace" for p in patch):
+        return [_without_directives(p) for p in patch
+                if not (isinstance(p, dict) and p.get("$patch") == "replace")]
+    result = copy.deepcopy(old)
+    for item in patch:
+        if not isinstance(item, dict) or merge_key not in item:
+            raise PatchError(f"an element of a list merged by {merge_key!r} lacks it: {item!r}")
+        at = next((i for i, e in enumerate(result)
+                   if isinstance(e, dict) and e.get(merge_key) == item[merge_key]), None)
+        if item.get("$patch") == "delete":
+            if at is not None:
+                del result[at]
+        elif at is None:
+            result.append(_without_directives(item))
+        else:
+            result[at] = _smp_map(result[at], item)
+    return result
+
+
+def _without_directives(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_directives(v) for k, v in value.items() if not k.startswith("$")}
+    if isinstance(value, list):
+        return [_without_directives(v) for v in value]
+    return value
+
+
 # --------------------------------------------------------------------------- the cluster
 
 
@@ -302,6 +504,13 @@ def utc_now() -> datetime:
 
 def rfc3339(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _with_owners(obj: Obj, owners: list[Obj]) -> Obj:
+    obj["metadata"]["ownerReferences"] = owners
+    if not owners:
+        del obj["metadata"]["ownerReferences"]
+    return obj
 
 
 def _typed(kind: ResourceKind, obj: Obj) -> Obj:
@@ -409,7 +618,8 @@ class Cluster:
                 raise ApiError.already_exists(kind, name)
             obj = _typed(kind, obj)
             meta.setdefault("uid", self.new_uid())
-            meta.setdefault("creationTimestamp", rfc3339(self.now()))
+            if not meta.get("creationTimestamp"):  # the seed may backdate; clients send null
+                meta["creationTimestamp"] = rfc3339(self.now())
             if kind.has_generation:
                 meta["generation"] = 1
             return self._commit("ADDED", kind, key, None, obj)
@@ -436,15 +646,55 @@ class Cluster:
                 meta["generation"] = generation + (obj.get("spec") != old.get("spec"))
             return self._commit("MODIFIED", kind, key, old, obj)
 
-    def delete(self, kind: ResourceKind, namespace: str | None, name: str) -> Obj:
-        """Remove an object at once (no finalizers or grace periods yet)."""
+    def modify(self, kind: ResourceKind, namespace: str | None, name: str,
+               change: Callable[[Obj], Obj]) -> Obj:
+        """Read, ``change`` and write back one object atomically (PATCH, controllers).
+
+        A resourceVersion that ``change`` sets is a precondition (Conflict when stale).
+        """
+        with self._lock:
+            current = self.get(kind, namespace, name)
+            changed = change(copy.deepcopy(current))
+            meta = changed.setdefault("metadata", {})
+            meta["name"] = name
+            if kind.namespaced:
+                meta["namespace"] = current["metadata"]["namespace"]
+            return self.update(kind, changed)
+
+    def delete(self, kind: ResourceKind, namespace: str | None, name: str, *,
+               propagation: str = "Background") -> Obj:
+        """Remove an object at once (no finalizers or grace periods yet).
+
+        Like the garbage collector, also removes what it owns (and a namespace's contents);
+        ``propagation="Orphan"`` leaves dependents, dropping their owner reference instead.
+        """
         with self._lock:
             key = self._key(kind, namespace, name)
             old = self._objects.get(key)
             if old is None:
                 raise ApiError.not_found(kind, name)
-            gone = copy.deepcopy(old)
-            return self._commit("DELETED", kind, key, old, gone)
+            deleted = self._commit("DELETED", kind, key, old, copy.deepcopy(old))
+            self._collect_dependents(old, orphan=propagation == "Orphan")
+            return deleted
+
+    def _collect_dependents(self, owner: Obj, *, orphan: bool) -> None:
+        uid = owner["metadata"]["uid"]
+        namespace = owner["metadata"]["name"] if owner["kind"] == "Namespace" else None
+        for key in list(self._objects):
+            obj = self._objects.get(key)
+            if obj is None:
+                continue  # already collected
+            gvr, ns, name = key
+            kind = next(k for k in self.kinds if k.gvr == gvr)
+            refs = obj["metadata"].get("ownerReferences") or []
+            if namespace is not None and ns == namespace:
+                self.delete(kind, ns, name)
+            elif any(ref.get("uid") == uid for ref in refs):
+                if orphan:
+                    kept = [ref for ref in refs if ref.get("uid") != uid]
+                    self.modify(kind, ns, name, functools.partial(_with_owners, owners=kept))
+                else:
+                    self.delete(kind, ns, name)
 
     def _commit(self, type_: str, kind: ResourceKind, key: tuple[str, str, str],
                 old: Obj | None, new: Obj) -> Obj:

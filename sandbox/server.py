@@ -27,10 +27,24 @@ from typing import Any
 
 from aiohttp import web
 
-from sandbox.cluster import ApiError, Cluster, Obj, ResourceKind
+from sandbox.cluster import (
+    ApiError,
+    Cluster,
+    Obj,
+    PatchError,
+    ResourceKind,
+    json_patch,
+    merge_patch,
+    strategic_merge_patch,
+)
 from sandbox.kubeconfig import write_kubeconfig
 from sandbox.seed import seed
 
+PATCHES: dict[str, Callable[[Obj, Any], Obj]] = {
+    "application/json-patch+json": json_patch,
+    "application/merge-patch+json": merge_patch,
+    "application/strategic-merge-patch+json": strategic_merge_patch,
+}
 KUBERNETES_VERSION = ("1", "32")
 AGGREGATED_DISCOVERY = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
 DEFAULT_WATCH_TIMEOUT = 1800.0
@@ -376,6 +390,7 @@ class KubernetesApi:
             ("GET", "object"): self.get,
             ("POST", "collection"): self.create,
             ("PUT", "object"): self.replace,
+            ("PATCH", "object"): self.patch,
             ("DELETE", "object"): self.delete,
         }
 
@@ -491,9 +506,38 @@ class KubernetesApi:
             meta["namespace"] = target.namespace
         return web.json_response(self.cluster.update(target.kind, obj))
 
-    async def delete(self, _request: web.Request, target: ApiPath) -> web.StreamResponse:
+    async def patch(self, request: web.Request, target: ApiPath) -> web.StreamResponse:
         assert target.kind and target.name
-        return web.json_response(self.cluster.delete(target.kind, target.namespace, target.name))
+        apply = PATCHES.get(request.content_type)
+        if apply is None:
+            raise ApiError(415, "UnsupportedMediaType",
+                           f"the body of the request was in an unknown format - accepted media "
+                           f"types include: {', '.join(PATCHES)}")
+        patch = await _json(request)
+
+        def change(obj: Obj) -> Obj:
+            try:
+                patched = apply(obj, patch)
+                if not isinstance(patched, dict):
+                    raise PatchError("the patched document is not an object")
+                return patched
+            except PatchError as err:
+                raise ApiError(422, "Invalid", f"the server rejected our request due to an error "
+                                               f"in our request: {err}") from None
+
+        return web.json_response(
+            self.cluster.modify(target.kind, target.namespace, target.name, change))
+
+    async def delete(self, request: web.Request, target: ApiPath) -> web.StreamResponse:
+        """DELETE; dependents follow unless propagationPolicy (query or DeleteOptions) is Orphan."""
+        assert target.kind and target.name
+        options = await _json(request) if request.can_read_body else {}
+        policy = request.query.get("propagationPolicy") or (
+            options.get("propagationPolicy") if isinstance(options, dict) else None)
+        if _truthy(request.query.get("orphanDependents")):
+            policy = "Orphan"
+        return web.json_response(self.cluster.delete(
+            target.kind, target.namespace, target.name, propagation=policy or "Background"))
 
     # ----------------------------------------------------------------- watch
 
@@ -582,11 +626,19 @@ def _method_not_allowed(request: web.Request) -> web.Response:
                            f"({request.method} {request.path})"))
 
 
-async def _body(request: web.Request) -> Obj:
+async def _json(request: web.Request) -> Any:
     try:
-        body = json.loads(await request.read() or b"null")
+        return json.loads(await request.read() or b"null")
     except ValueError as err:
         raise ApiError.bad_request(f"the request body is not valid JSON: {err}") from None
+
+
+async def _body(request: web.Request) -> Obj:
+    if request.content_type not in ("application/json", "application/octet-stream"):
+        raise ApiError(415, "UnsupportedMediaType",
+                       f"the body of the request was in an unknown format - accepted media types "
+                       f"include: application/json (not {request.content_type})")
+    body = await _json(request)
     if not isinstance(body, dict):
         raise ApiError.bad_request("the request body must be a JSON object")
     return body
