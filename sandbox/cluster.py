@@ -607,6 +607,11 @@ class Cluster:
         """Store a new object, filling apiVersion/kind/uid/timestamps like the API server."""
         obj = copy.deepcopy(obj)
         meta = obj.setdefault("metadata", {})
+        for field_name, expected in (("apiVersion", kind.api_version), ("kind", kind.kind)):
+            if obj.get(field_name, expected) != expected:
+                raise ApiError.bad_request(
+                    f"the {field_name} in the data ({obj[field_name]}) does not match the "
+                    f"expected {field_name} ({expected})")
         with self._lock:
             if not meta.get("name") and meta.get("generateName"):
                 meta["name"] = meta["generateName"] + self.random_suffix()

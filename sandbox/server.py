@@ -375,6 +375,9 @@ def _error(err: ApiError) -> web.Response:
     return web.json_response(err.status(), status=err.code)
 
 
+_NO_RESOURCE = ApiError(404, "NotFound", "the server could not find the requested resource")
+
+
 Handler = Callable[[web.Request, ApiPath], Awaitable[web.StreamResponse]]
 
 
@@ -450,12 +453,14 @@ class KubernetesApi:
                                           **_api_group(parts[1], versions)})
         target = resolve(self.cluster, request.path)
         if target is None:
-            return _error(ApiError(404, "NotFound", "the server could not find the requested resource"))
+            return _error(_NO_RESOURCE)
         if target.kind is None:
             if request.method != "GET":
                 return _method_not_allowed(request)
             return web.json_response(resource_list(self.cluster, target.group, target.version))
         handler = self._handlers.get((request.method, target.scope))
+        if handler is None and target.scope == "subresource":  # none served yet
+            return _error(_NO_RESOURCE)
         if handler is None:
             return _method_not_allowed(request)
         try:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from kubernetes import client, config, watch
+from kubernetes.dynamic import DynamicClient
 
 from sandbox.cluster import DEPLOYMENTS, PODS, Cluster
 from sandbox.server import SandboxServer
@@ -172,3 +175,42 @@ def test_server_on_a_given_cluster_and_port_and_restart(tmp_path: Path) -> None:
 def test_start_fails_loudly_when_the_port_is_taken(sandbox: SandboxServer) -> None:
     with pytest.raises(OSError):
         SandboxServer(port=sandbox.port, cluster=Cluster()).start()
+
+
+def test_legacy_discovery_serves_the_dynamic_client(api: client.ApiClient) -> None:
+    dynamic = DynamicClient(api)
+    deployments = dynamic.resources.get(api_version="apps/v1", kind="Deployment")
+    assert deployments.namespaced and "deploy" in deployments.short_names
+    names = sorted(d.metadata.name for d in deployments.get(namespace="prod").items)
+    assert names == ["auth", "chat", "chat-gui", "modbot", "strims"]
+    pods = dynamic.resources.get(api_version="v1", kind="Pod")
+    assert len(pods.get(namespace="dev").items) == 5
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/apis/batch/v1/jobs", 404),
+        ("GET", "/api/v1/namespaces/prod/pods/x/log", 404),
+        ("GET", "/openapi/v2", 404),
+        ("GET", "/api/v1/pods/x", 404),
+        ("POST", "/apis/apps/v1/namespaces/prod/deployments/chat", 405),
+        ("PATCH", "/apis/apps/v1/namespaces/prod/deployments/chat", 415),
+    ],
+)
+def test_raw_requests(sandbox: SandboxServer, method: str, path: str, status: int) -> None:
+    request = urllib.request.Request(sandbox.url + path, method=method, data=b"{}" if
+                                     method != "GET" else None)
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(request, timeout=5)
+    assert err.value.code == status
+    body = json.loads(err.value.read())
+    assert (body["kind"], body["code"]) == ("Status", status)
+
+
+def test_kind_mismatch(api: client.ApiClient) -> None:
+    with pytest.raises(client.ApiException) as mismatch:
+        client.CoreV1Api(api).create_namespaced_pod(
+            "prod", {"apiVersion": "apps/v1", "kind": "Pod", "metadata": {"name": "x"},
+                     "spec": {"containers": [{"name": "x", "image": "x"}]}})
+    assert mismatch.value.status == 400
