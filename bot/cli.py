@@ -72,7 +72,7 @@ def _logging(verbose: int) -> None:
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if verbose < 2:
-        logging.getLogger("discord").setLevel(max(level, logging.WARNING))
+        logging.getLogger("discord").setLevel(logging.ERROR if verbose == 0 else logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -263,7 +263,7 @@ async def run_console(user: str, *, as_json: bool = False, channel: str = "ops",
                       stdin: TextIO | None = None, out: TextIO | None = None, **world_args: Any) -> int:
     stdin = stdin or sys.stdin
     out = out or sys.stdout
-    async with open_world(**world_args) as world:
+    async with open_world(wall_clock=True, **world_args) as world:
         console = Console(world, user, channel, out, as_json)
         world.env.backend.subscribers.append(console.printer)
         if stdin.isatty():

@@ -20,7 +20,7 @@ from bot.world import World, open_world
 log = logging.getLogger(__name__)
 
 WELCOME = """\
-👋 **Welcome to the opsbot demo.** This is a sandbox: a emulated Kubernetes cluster with the
+👋 **Welcome to the opsbot demo.** This is a sandbox: an emulated Kubernetes cluster with the
 services `chat`, `chat-gui`, `modbot`, `auth`, `strims` in `dev`, `staging` and `prod`.
 Try `!help`, `!status`, `!status chat-gui prod`, `!perms`, `!audit`.
 Switch user (admin, mod, oncall, member, guest) with the viewer picker to see permissions at work."""
@@ -42,7 +42,7 @@ async def _refresh_on_change(world: World, preview: Any, changed: asyncio.Event)
 
 
 async def run_demo(port: int | None = None, *, ready: Any = None, **world_args: Any) -> int:
-    async with open_world(**world_args) as world:
+    async with open_world(wall_clock=True, **world_args) as world:
         ops = world.channels["ops"]
         await world.members["admin"].send(world.channels["ops"], "!status")  # something to look at
         await world.bot.get_channel(ops.id).send(WELCOME)  # type: ignore[union-attr]

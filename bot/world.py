@@ -8,9 +8,11 @@ guild ``dgg ops`` with channels ops/alerts/deploys and users admin/mod/oncall/me
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +98,32 @@ async def populate(env: simcord.Env, app: App) -> dict[str, Any]:
     return {"guild": guild, "channels": channels, "roles": roles, "members": members}
 
 
+class WallClock:
+    """simcord's clock, following the wall clock: for people (demo, console), not for tests.
+
+    simcord keeps a virtual clock so tests can jump through time; a person watching a rollout
+    wants real seconds and real timestamps. Jumps (``advance``) still work on top.
+    """
+
+    # simcord replaces time.monotonic while a bot runs; take the real one from before that.
+    _monotonic = staticmethod(time.monotonic)
+
+    def __init__(self) -> None:
+        self._start = self._monotonic()
+        self._offset = 0.0
+        self._epoch = datetime.now(UTC)
+
+    @property
+    def elapsed(self) -> float:
+        return self._monotonic() - self._start + self._offset
+
+    def now(self) -> datetime:
+        return self._epoch + timedelta(seconds=self.elapsed)
+
+    def advance(self, seconds: float) -> None:
+        self._offset += seconds
+
+
 async def _shutdown(env: simcord.Env) -> None:
     await env.shutdown()
     if env.check_errors:
@@ -113,6 +141,7 @@ async def open_world(
     settle_timeout: float = 30.0,
     check_errors: bool = False,
     clock_context: bool = True,
+    wall_clock: bool = False,
     **overrides: Any,
 ) -> AsyncIterator[World]:
     """Start the whole embedded world; stop it all on exit.
@@ -135,6 +164,8 @@ async def open_world(
         app = await stack.enter_async_context(App.open(settings, serve_http=serve_http))
         bot = create_bot(app)
         env = simcord.Env(bot, settle_timeout=settle_timeout, check_errors=check_errors)
+        if wall_clock:
+            env.backend.clock = WallClock()  # type: ignore[assignment]
         await env.start()
         stack.push_async_callback(_shutdown, env)
         if clock_context:
