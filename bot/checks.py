@@ -95,10 +95,20 @@ async def global_check(ctx: commands.Context[Any]) -> bool:
     return True
 
 
+def parsed_args(ctx: commands.Context[Any]) -> dict[str, Any]:
+    """The command's parsed arguments by name (positional ones live in ctx.args)."""
+    if ctx.command is None:
+        return dict(ctx.kwargs)
+    offset = 2 if ctx.command.cog is not None else 1  # (cog,) ctx, then the parameters
+    bound = dict(zip(ctx.command.clean_params, ctx.args[offset:], strict=False))
+    bound.update(ctx.kwargs)
+    return bound
+
+
 def _arg(ctx: commands.Context[Any], name: str | None) -> str | None:
     if name is None:
         return None
-    value = ctx.kwargs.get(name)
+    value = parsed_args(ctx).get(name)
     return value.strip().lower() if isinstance(value, str) and value.strip() else None
 
 

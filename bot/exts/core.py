@@ -10,7 +10,7 @@ from typing import Any
 import discord
 from discord.ext import commands
 
-from bot.checks import MUTATING, Denied, NotConfigured, check_invoke, requirement_of, requires, role_ids
+from bot.checks import MUTATING, Denied, NotConfigured, check_invoke, parsed_args, requirement_of, requires, role_ids
 from bot.render import BLUE, RED, clip
 from commands.catalog import UserError, suggest
 from commands.permissions import ACTIONS, Grant
@@ -200,8 +200,9 @@ async def _may_run(ctx: commands.Context[Any], cmd: commands.Command[Any, ..., A
 
 
 def _args(ctx: commands.Context[Any]) -> dict[str, Any]:
-    if ctx.kwargs:
-        return {k: v if isinstance(v, str | int | float | bool | None) else str(v) for k, v in ctx.kwargs.items()}
+    args = parsed_args(ctx)
+    if args:
+        return {k: v if isinstance(v, str | int | float | bool | None) else str(v) for k, v in args.items()}
     return {"message": clip(ctx.message.content, 200)} if ctx.message else {}
 
 
