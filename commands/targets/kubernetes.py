@@ -83,12 +83,12 @@ class KubernetesPlatform:
         try:
             api = await asyncio.to_thread(self._client, target.context)
             host = api.configuration.host
-            deployment = await self._call(client.AppsV1Api(api).read_namespaced_deployment,
+            apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
+            deployment = await self._call(apps.read_namespaced_deployment,
                                           target.deployment, target.namespace)
             selector = label_selector(deployment.spec.selector)
-            core = client.CoreV1Api(api)
             replicasets, pods, events = await asyncio.gather(
-                self._call(client.AppsV1Api(api).list_namespaced_replica_set, target.namespace,
+                self._call(apps.list_namespaced_replica_set, target.namespace,
                            label_selector=selector),
                 self._call(core.list_namespaced_pod, target.namespace, label_selector=selector),
                 self._call(core.list_namespaced_event, target.namespace,
