@@ -1,0 +1,107 @@
+"""The CLI contract of design §4, run as real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.conftest import require_program
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("OPSBOT_")}
+
+
+def _start_sandbox(kubeconfig: Path) -> subprocess.Popen[str]:
+    proc = subprocess.Popen([sys.executable, "-m", "bot", "sandbox", "--port", "0", "--kubeconfig", str(kubeconfig)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(), cwd=ROOT)
+    deadline = time.monotonic() + 30
+    while not kubeconfig.exists():
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        assert time.monotonic() < deadline, "opsbot sandbox did not write its kubeconfig"
+        time.sleep(0.1)
+    return proc
+
+
+def test_kubectl_and_the_bot_share_one_sandbox(tmp_path):
+    kubectl = require_program("kubectl")
+    kubeconfig = tmp_path / "k.yaml"
+    proc = _start_sandbox(kubeconfig)
+    try:
+        out = subprocess.run([kubectl, "--kubeconfig", str(kubeconfig), "get", "deploy", "-n", "prod"],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        rows = [line.split() for line in out.stdout.splitlines()[1:]]
+        assert sorted(r[0] for r in rows) == ["auth", "chat", "chat-gui", "modbot", "strims"]
+        assert all(r[1] == "3/3" for r in rows)
+
+        console = subprocess.run(
+            [sys.executable, "-m", "bot", "console", "--json", "--as", "member", "--kubeconfig", str(kubeconfig),
+             "--data-dir", str(tmp_path / "data")],
+            input="!status modbot staging\n", capture_output=True, text=True, timeout=120, env=_env(), cwd=ROOT)
+        assert console.returncode == 0, console.stderr
+        (event,) = [json.loads(line) for line in console.stdout.splitlines()]
+        fields = {f["name"]: f["value"] for f in event["embeds"][0]["fields"]}
+        assert fields["Version"] == "`v1.5.0`" and fields["Replicas"] == "2/2 ready"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, output
+
+
+def test_check_config_exit_codes(tmp_path):
+    good = subprocess.run([sys.executable, "-m", "bot", "check-config", "--config",
+                           str(ROOT / "config/examples/opsbot.example.yaml")],
+                          capture_output=True, text=True, timeout=60, env=_env(), cwd=ROOT)
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert "permissions" in good.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("services:\n  chat:\n    repository: r/chat\n    envs:\n      prod: {namespace: prod}\n")
+    broken = subprocess.run([sys.executable, "-m", "bot", "check-config", "--config", str(bad)],
+                            capture_output=True, text=True, timeout=60, env=_env(), cwd=ROOT)
+    assert broken.returncode == 1
+    assert "services.chat.envs.prod.deployment" in broken.stdout
+    missing = subprocess.run([sys.executable, "-m", "bot", "check-config", "--config", str(tmp_path / "nope.yaml")],
+                             capture_output=True, text=True, timeout=60, env=_env(), cwd=ROOT)
+    assert missing.returncode == 2
+
+
+def test_run_without_token_is_a_clear_error(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "bot", "run", "--data-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60, env=_env(), cwd=ROOT)
+    assert proc.returncode == 2
+    assert "no Discord token" in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_demo_serves_the_page_and_stops_cleanly(tmp_path):
+    import re
+    import urllib.request
+
+    proc = subprocess.Popen([sys.executable, "-m", "bot", "demo", "--data-dir", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(), cwd=ROOT)
+    try:
+        url = None
+        deadline = time.monotonic() + 60
+        assert proc.stdout is not None
+        while url is None and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            assert line or proc.poll() is None, "opsbot demo exited early"
+            m = re.search(r"open (http://127\.0\.0\.1:\d+/#\S+)", line)
+            url = m.group(1) if m else None
+        assert url, "opsbot demo printed no URL"
+        with urllib.request.urlopen(url.split("#")[0], timeout=10) as page:
+            assert page.status == 200
+            assert "<html" in page.read().decode("utf-8", "replace").lower()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, output
+    assert "opsbot demo stopped" in output
