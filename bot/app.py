@@ -30,7 +30,7 @@ from config.settings import PermissionsConfig, Settings
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("bot.exts.core", "bot.exts.status", "bot.exts.audit", "bot.exts.deploy", "bot.exts.locks")
+EXTENSIONS = ("bot.exts.core", "bot.exts.status", "bot.exts.audit", "bot.exts.deploy", "bot.exts.locks", "bot.exts.logs")
 
 
 @dataclass
@@ -52,7 +52,8 @@ class App:
     def __post_init__(self) -> None:
         self.policy = Policy(self.settings.permissions)
         self.catalog = Catalog(self.settings)
-        self.deployer = Deployer(self.catalog, self.platforms, self.audit)
+        self.deployer = Deployer(self.catalog, self.platforms, self.audit,
+                                 poll_interval=self.settings.rollout_poll_seconds)
 
     def replace_permissions(self, permissions: PermissionsConfig) -> None:
         """Swap the role policy (the demo world maps role labels onto its own guild's IDs)."""

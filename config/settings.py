@@ -165,6 +165,7 @@ class Settings(BaseSettings):
     )
     webhook_token: SecretStr | None = None
     timezone: TimeZoneName = "UTC"
+    rollout_poll_seconds: float = Field(1.0, gt=0, le=30, description="how often a running rollout is checked")
 
     promotion: list[str] = Field(
         default_factory=lambda: ["dev", "staging", "prod"], description="env promotion order"
