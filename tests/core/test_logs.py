@@ -339,6 +339,22 @@ def test_gzip_over_the_limit_keeps_the_newest_part() -> None:
     assert r.summary() == f"20,000 lines from 1 pod; showing the last {r.lines:,} (the rest is over the 48.8 KiB attachment limit)"
 
 
+def test_text_beyond_max_text_bytes_is_dropped_while_spooling() -> None:
+    # Nothing older than max_text_bytes can ever be shown, so old segments go early (disk bound).
+    c = LogCollector(Redactor(), attachment_limit=1_000_000, max_text_bytes=400_000, segment_bytes=100_000,
+                     spool_memory=10_000)
+    n = 60_000  # ~1.4 MB of text
+    for line in lines(n):
+        c.add(line)
+        assert c._seg_bytes <= 400_000 + 100_000 + 256 * 1024
+    r = c.finish()
+    assert r.attachment is not None and r.attachment[0] == "logs.txt"
+    got = r.attachment[1].decode().splitlines()
+    assert len(r.attachment[1]) <= 400_000 and r.lines == len(got) < n
+    assert got[-1] == f"auth-1 | line {n - 1}" and got[0] == f"auth-1 | line {n - len(got)}"
+    assert r.truncated
+
+
 def test_memory_stays_bounded_for_a_big_input() -> None:
     """300,000 lines (~30 MB of text) through the collector: Python's peak stays small, and the
     answer is a gzip attachment holding every line."""
