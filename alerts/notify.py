@@ -1,0 +1,59 @@
+"""How the alerts core talks to chat, without importing discord: the Notifier protocol.
+
+The core decides WHAT a message says (content, embeds as Discord-shaped dicts already packed
+within Discord's limits, buttons by action) and WHEN to send or edit it (the outbox). The bot
+layer's DiscordNotifier does the HOW: channel lookup, components, files, threads, rate limits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+ButtonStyle = Literal["primary", "secondary", "success", "danger", "link"]
+
+
+@dataclass(frozen=True)
+class Button:
+    """A button. ``custom_id`` is ``opsbot:<action>:<key>`` (e.g. ``opsbot:ack:42``); link buttons have ``url``."""
+
+    label: str
+    custom_id: str | None = None
+    url: str | None = None
+    style: ButtonStyle = "secondary"
+    disabled: bool = False
+
+
+@dataclass(frozen=True)
+class OutMessage:
+    content: str = ""
+    embeds: list[dict[str, Any]] = field(default_factory=list)  # Discord embed JSON
+    buttons: list[list[Button]] = field(default_factory=list)  # rows of at most 5
+    files: list[tuple[str, bytes]] = field(default_factory=list)  # (filename, data)
+    mention_roles: list[int] = field(default_factory=list)  # role IDs allowed to ping
+    mention_users: list[int] = field(default_factory=list)
+
+
+class SendError(Exception):
+    """A send failed. ``retryable`` False means: don't try this message again (e.g. unknown channel)."""
+
+    def __init__(self, message: str, *, retryable: bool = True, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+class Notifier(Protocol):
+    """Chat as the alerts core sees it. Channels are names or IDs as in the config."""
+
+    async def send(self, channel: str, message: OutMessage) -> str:
+        """Post a message; return its ID."""
+        ...
+
+    async def edit(self, channel: str, message_id: str, message: OutMessage) -> None:
+        """Replace a message's content, embeds, buttons (files are added, not replaced)."""
+        ...
+
+    async def thread_post(self, channel: str, message_id: str, thread_name: str, text: str) -> str:
+        """Post ``text`` in the thread under a message, creating the thread when needed; return the thread ID."""
+        ...
