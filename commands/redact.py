@@ -135,8 +135,7 @@ def _redact_keywords(line: str, low: str) -> str:
     done = 0  # line[:done] is settled
     for vs, ve in spans:
         if vs < done:  # overlaps the previous value: extend it
-            if ve > done:
-                done = ve
+            done = max(done, ve)
             continue
         out.append(line[done:vs])
         out.append(MARK)
