@@ -1,0 +1,106 @@
+"""DiscordNotifier: the alerts core's Notifier protocol on discord.py."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import discord
+
+from alerts.notify import Button, OutMessage, SendError
+
+log = logging.getLogger(__name__)
+
+_STYLES = {
+    "primary": discord.ButtonStyle.primary,
+    "secondary": discord.ButtonStyle.secondary,
+    "success": discord.ButtonStyle.success,
+    "danger": discord.ButtonStyle.danger,
+    "link": discord.ButtonStyle.link,
+}
+
+
+def _view(rows: list[list[Button]]) -> discord.ui.View | None:
+    """A stateless view: clicks are answered by the DynamicItems registered on the bot."""
+    if not rows:
+        return None
+    view = discord.ui.View(timeout=None)
+    for r, row in enumerate(rows[:5]):
+        for b in row[:5]:
+            if b.url:
+                item = discord.ui.Button(label=b.label, url=b.url, style=discord.ButtonStyle.link, row=r,
+                                         disabled=b.disabled)
+            else:
+                item = discord.ui.Button(label=b.label, custom_id=b.custom_id, style=_STYLES[b.style], row=r,
+                                         disabled=b.disabled)
+            view.add_item(item)
+    return view
+
+
+def _mentions(m: OutMessage) -> discord.AllowedMentions:
+    return discord.AllowedMentions(everyone=False, users=[discord.Object(u) for u in m.mention_users],
+                                   roles=[discord.Object(r) for r in m.mention_roles])
+
+
+def _error(e: discord.HTTPException, what: str) -> SendError:
+    retryable = e.status >= 500 or e.status == 429
+    retry_after = getattr(e, "retry_after", None)
+    return SendError(f"{what}: HTTP {e.status} {e.text or ''}".strip(), retryable=retryable, retry_after=retry_after)
+
+
+class DiscordNotifier:
+    def __init__(self, bot: discord.Client, guild_id: int | None = None) -> None:
+        self.bot = bot
+        self.guild_id = guild_id
+
+    def _channel(self, name: str) -> discord.TextChannel:
+        if name.isdigit():
+            channel = self.bot.get_channel(int(name))
+            if isinstance(channel, discord.TextChannel):
+                return channel
+        for guild in self.bot.guilds:
+            if self.guild_id and guild.id != self.guild_id:
+                continue
+            found = discord.utils.get(guild.text_channels, name=name.lstrip("#"))
+            if found is not None:
+                return found
+        raise SendError(f"no text channel {name!r} the bot can see", retryable=self.bot.is_ready() is False)
+
+    async def send(self, channel: str, message: OutMessage) -> str:
+        target = self._channel(channel)
+        kwargs = dict(content=message.content or None, embeds=[discord.Embed.from_dict(e) for e in message.embeds],
+                      allowed_mentions=_mentions(message),
+                      files=[discord.File(io.BytesIO(data), filename=name) for name, data in message.files])
+        view = _view(message.buttons)
+        if view is not None:
+            kwargs["view"] = view
+        try:
+            sent = await target.send(**kwargs)
+        except discord.HTTPException as e:
+            raise _error(e, f"send to #{target.name}") from e
+        return str(sent.id)
+
+    async def edit(self, channel: str, message_id: str, message: OutMessage) -> None:
+        target = self._channel(channel)
+        partial = target.get_partial_message(int(message_id))
+        try:
+            await partial.edit(content=message.content or None,
+                               embeds=[discord.Embed.from_dict(e) for e in message.embeds],
+                               view=_view(message.buttons), allowed_mentions=_mentions(message),
+                               attachments=[discord.File(io.BytesIO(d), filename=n) for n, d in message.files])
+        except discord.NotFound as e:
+            raise SendError(f"message {message_id} in #{target.name} is gone", retryable=False) from e
+        except discord.HTTPException as e:
+            raise _error(e, f"edit in #{target.name}") from e
+
+    async def thread_post(self, channel: str, message_id: str, thread_name: str, text: str) -> str:
+        target = self._channel(channel)
+        thread = target.guild.get_thread(int(message_id))  # a message's thread has the message's ID
+        try:
+            if thread is None:
+                thread = await target.get_partial_message(int(message_id)).create_thread(
+                    name=thread_name[:100], auto_archive_duration=1440)
+            await thread.send(text[:2000], allowed_mentions=discord.AllowedMentions.none())
+        except discord.HTTPException as e:
+            raise _error(e, f"thread post in #{target.name}") from e
+        return str(thread.id)
