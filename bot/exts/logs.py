@@ -50,6 +50,7 @@ class Logs(commands.Cog):
             raise UserError(str(e)) from e
         collector = LogCollector(self.redactor, grep=query.grep, tail=query.tail, inline_limit=1800,
                                  attachment_limit=ATTACHMENT_LIMIT, since=query.since, sources=len(sources),
+                                 source_kind="container" if getattr(platform, "name", "") == "docker" else "pod",
                                  name=f"{service}-{env}-logs")
         try:
             result = await collect(merge([stream for _, stream in sources]), collector)
