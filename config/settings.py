@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from datetime import date, time, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -138,6 +139,207 @@ class PermissionsConfig(_Model):
     )
 
 
+# --- on-call rotations and escalation policies (alerts/oncall.py, alerts/escalation.py) ------------
+
+ROTATION_NAME = r"^[a-z0-9]([a-z0-9_-]{0,30}[a-z0-9])?$"
+_TARGET = re.compile(r"^(role|user):([0-9]+)$")
+
+
+def _parse_duration(v: Any) -> Any:
+    """"5m", "1h30m", "2 days" (as ``!`` commands take them) or a number of seconds."""
+    if isinstance(v, str) and not v.strip().lstrip("-").replace(".", "", 1).isdigit():
+        from pytimeparse import parse
+
+        seconds = parse(v.strip())
+        if seconds is None:
+            raise ValueError(f"not a duration: {v!r}; write e.g. 30s, 5m, 1h30m or 2d")
+        return timedelta(seconds=seconds)
+    return v
+
+
+def _hhmm(v: Any) -> Any:
+    """``"09:00"``. YAML 1.1 reads an unquoted ``9:30`` or ``10:30`` as a base-60 number of minutes."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        if not 0 <= v < 24 * 60:
+            raise ValueError("write a hand-off time as \"HH:MM\" (quoted), e.g. \"09:00\"")
+        return time(*divmod(v, 60))
+    if isinstance(v, str):
+        m = re.fullmatch(r"([01]?[0-9]|2[0-3]):([0-5][0-9])", v.strip())
+        if not m:
+            raise ValueError("write a hand-off time as \"HH:MM\" (24-hour), e.g. \"09:00\"")
+        return time(int(m[1]), int(m[2]))
+    return v
+
+
+def _snowflake(v: int, what: str) -> int:
+    if v <= 0 or v >= 2**64:
+        raise ValueError(f"a Discord {what} ID is a positive 64-bit snowflake")
+    return v
+
+
+def _member(v: Any) -> Any:
+    # A member is a bare user ID or {id, name}.
+    if (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, str) and v.isdigit()):
+        return {"id": int(v)}
+    return v
+
+
+Duration = Annotated[timedelta, BeforeValidator(_parse_duration)]
+HandoffTime = Annotated[time, BeforeValidator(_hhmm)]
+
+
+class RotationMember(_Model):
+    id: int = Field(..., description="Discord user ID (a snowflake)")
+    name: str = Field("", description="a label for humans; never used for matching")
+
+    @field_validator("id")
+    @classmethod
+    def _user_id(cls, v: int) -> int:
+        return _snowflake(v, "user")
+
+
+class RotationConfig(_Model):
+    """One on-call rotation: members take turns, one shift each, in list order.
+
+    Shift ``k`` starts on ``start + k * period`` at ``handoff`` local time in ``timezone`` and
+    belongs to ``members[k % len(members)]``; the order extends backwards before ``start`` too.
+    """
+
+    members: list[Annotated[RotationMember, BeforeValidator(_member)]] = Field(
+        ..., min_length=1, description="user IDs (or {id, name}) in rotation order"
+    )
+    period: Literal["daily", "weekly"] = Field("weekly", description="length of one shift")
+    handoff: HandoffTime = Field(time(9, 0), description="local time of the hand-off, \"HH:MM\"")
+    timezone: TimeZoneName | None = Field(None, description="IANA zone of the hand-off; default: timezone")
+    start: date = Field(
+        date(2024, 1, 1),
+        description="the day the first member's shift starts; for weekly, also the hand-off weekday",
+    )
+    role_id: int | None = Field(None, description="Discord role the bot keeps on the person on call")
+    description: str = ""
+
+    @field_validator("role_id")
+    @classmethod
+    def _role_id(cls, v: int | None) -> int | None:
+        return None if v is None else _snowflake(v, "role")
+
+    @field_validator("handoff")
+    @classmethod
+    def _whole_minute(cls, v: time) -> time:
+        if v.second or v.microsecond or v.tzinfo is not None:
+            raise ValueError("a hand-off time is \"HH:MM\" without seconds or zone (see timezone)")
+        return v
+
+
+class EscalationRepeat(_Model):
+    every: Duration = Field(..., description="time between repeats, e.g. 15m")
+    times: int = Field(..., ge=1, le=20, description="repeats after the first notification")
+
+    @field_validator("every")
+    @classmethod
+    def _every(cls, v: timedelta) -> timedelta:
+        if not timedelta(minutes=1) <= v <= timedelta(days=1):
+            raise ValueError("repeat.every must be between 1m and 1d")
+        return v
+
+
+class EscalationStep(_Model):
+    """Notify ``notify`` when the incident is still open and unacknowledged ``after`` its start."""
+
+    after: Duration = Field(..., description="since the incident opened, e.g. 5m")
+    notify: list[str] = Field(
+        ..., min_length=1, description="rotation names (who is on call then), role:<id>, user:<id>"
+    )
+    repeat: EscalationRepeat | None = Field(None, description="notify again every … up to times more")
+    dm: bool = Field(False, description="also send the people (not roles) a direct message")
+
+    @field_validator("after")
+    @classmethod
+    def _after(cls, v: timedelta) -> timedelta:
+        if not timedelta(0) <= v <= timedelta(days=7):
+            raise ValueError("after must be between 0s and 7d")
+        return v
+
+    @field_validator("notify")
+    @classmethod
+    def _targets(cls, v: list[str]) -> list[str]:
+        out = []
+        for target in v:
+            target = str(target).strip()
+            m = _TARGET.match(target)
+            if m:
+                _snowflake(int(m[2]), m[1])
+            elif not re.match(ROTATION_NAME, target):
+                raise ValueError(f"{target!r} is neither a rotation name nor role:<id> or user:<id>")
+            out.append(target)
+        return out
+
+
+class EscalationPolicy(_Model):
+    steps: list[EscalationStep] = Field(..., min_length=1, description="in order of `after`")
+    description: str = ""
+
+    @field_validator("steps")
+    @classmethod
+    def _in_order(cls, v: list[EscalationStep]) -> list[EscalationStep]:
+        if any(b.after < a.after for a, b in zip(v, v[1:], strict=False)):
+            raise ValueError("list the steps in order of `after`")
+        return v
+
+
+class OncallConfig(_Model):
+    """Rotations (who is on call) and escalation policies (who is paged while nobody acknowledges)."""
+
+    rotations: dict[str, RotationConfig] = Field(
+        default_factory=dict, description="rotation name (e.g. primary, secondary) -> rotation"
+    )
+    escalation_policies: dict[str, EscalationPolicy] = Field(
+        default_factory=dict, description="policy name -> steps; alert routes name one with `escalation`"
+    )
+    default_policy: str | None = Field(None, description="policy for incidents whose route names none")
+
+    @field_validator("rotations")
+    @classmethod
+    def _rotation_names(cls, v: dict[str, RotationConfig]) -> dict[str, RotationConfig]:
+        for name in v:
+            if not re.match(ROTATION_NAME, name) or _TARGET.match(name):
+                raise ValueError(f"rotation name {name!r}: lowercase letters, digits, '-' and '_' (at most 32)")
+        return v
+
+    @field_validator("escalation_policies")
+    @classmethod
+    def _known_rotations(cls, v: dict[str, EscalationPolicy], info: Any) -> dict[str, EscalationPolicy]:
+        rotations = info.data.get("rotations")
+        if rotations is None:  # the rotations themselves are invalid; that error is reported
+            return v
+        for name, policy in v.items():
+            for i, step in enumerate(policy.steps):
+                for target in step.notify:
+                    if not _TARGET.match(target) and target not in rotations:
+                        known = ", ".join(rotations) or "none configured"
+                        raise ValueError(f"{name}.steps.{i}.notify: no rotation {target!r} (rotations: {known})")
+        return v
+
+    @field_validator("default_policy")
+    @classmethod
+    def _known_policy(cls, v: str | None, info: Any) -> str | None:
+        policies = info.data.get("escalation_policies")
+        if v is not None and policies is not None and v not in policies:
+            raise ValueError(f"no escalation policy {v!r}")
+        return v
+
+
+class SchedulerConfig(_Model):
+    """Persisted jobs (commands/scheduler.py): escalation steps, hand-offs, maintenance windows."""
+
+    misfire_grace_seconds: int = Field(
+        300, ge=1, le=7 * 86400,
+        description="a job that could not run within this long of its time (the bot was down) is "
+                    "reported as missed instead of run late",
+    )
+    coalesce: bool = Field(True, description="a recurring job that missed several runs runs once")
+
+
 class Settings(BaseSettings):
     """Everything opsbot reads. YAML file < environment variables < CLI flags."""
 
@@ -175,6 +377,8 @@ class Settings(BaseSettings):
     channels: ChannelsConfig = Field(default_factory=ChannelsConfig)
     permissions: PermissionsConfig = Field(default_factory=PermissionsConfig)
     redact_patterns: list[Regex] = Field(default_factory=list)
+    oncall: OncallConfig = Field(default_factory=OncallConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
 
     # Set by load_settings so errors can name the file; not a user setting.
     source_file: Path | None = Field(None, exclude=True)

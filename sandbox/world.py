@@ -89,3 +89,13 @@ USERS: dict[str, list[str]] = {
 
 CHANNELS = ["ops", "alerts", "deploys"]
 GUILD_NAME = "dgg ops"
+
+# rotation name -> the oncall settings of a demo rotation, with members as demo user NAMES; the bot
+# layer maps each name to the user ID the Discord world gave it (as it does for roles) and builds
+# config.settings.RotationConfig from the rest. The first member holds the current shift when the
+# mapper sets `start` to the date of the latest hand-off (today, or yesterday before 09:00): a fixed
+# anchor would hand the daily demo rotation to someone else each day.
+DEMO_ROTATIONS: dict[str, dict[str, object]] = {
+    "primary": {"members": ["oncall", "admin"], "period": "daily", "handoff": "09:00"},
+    "secondary": {"members": ["admin", "mod"], "period": "weekly", "handoff": "09:00"},
+}
