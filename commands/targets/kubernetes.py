@@ -828,6 +828,8 @@ class PodLogStream:
         self._fault = fault
         self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=_QUEUE_BATCHES)
         self._stop = threading.Event()
+        self._lock = threading.Lock()  # guards the connection between the reader and aclose
+        self._released = False
         self._thread: threading.Thread | None = None
         self._batch: list[bytes] = []
         self._at = 0
@@ -866,9 +868,10 @@ class PodLogStream:
     def _read(self, loop: asyncio.AbstractEventLoop) -> None:
         """The thread: chunks -> lines -> batches on the queue; then _EOF or the error."""
         response = self._response
+        complete = False
+        pending = b""
+        batch: list[bytes] = []
         try:
-            pending = b""
-            batch: list[bytes] = []
             size = 0
             for chunk in response.stream(_CHUNK, decode_content=True):
                 if self._stop.is_set():
@@ -888,12 +891,26 @@ class PodLogStream:
                 batch.append(pending)
             if batch and not self._put(loop, batch):
                 return
+            complete = True
             self._put(loop, _EOF)
         except Exception as err:  # noqa: BLE001 - the consumer raises it as a PlatformError
-            if not self._stop.is_set():
+            if pending:  # what arrived before the break is still shown, then the error
+                batch.append(pending)
+            if not self._stop.is_set() and (not batch or self._put(loop, batch)):
                 self._put(loop, err)
         finally:
-            response.release_conn()
+            self._release(reusable=complete)
+
+    def _release(self, *, reusable: bool) -> None:
+        """Hand the connection back to the pool: as it is when the body was read to its end,
+        else closed (a half-read connection must not serve another request)."""
+        with self._lock:
+            if self._released:
+                return
+            self._released = True
+            if not reusable:
+                self._response.close()
+            self._response.release_conn()
 
     def _put(self, loop: asyncio.AbstractEventLoop, item: Any) -> bool:
         """Queue ``item`` (waiting while the queue is full); False once stopped."""
@@ -917,15 +934,15 @@ class PodLogStream:
         self._done = True
         self._stop.set()
         if self._thread is None:
-            self._response.release_conn()
-            self._response.close()
+            self._release(reusable=False)
             return
-        shutdown = getattr(self._response, "shutdown", None)  # urllib3 >= 2.3: unblock a read
-        if shutdown is not None:
-            with contextlib.suppress(Exception):
-                shutdown()
+        with self._lock:
+            shutdown = getattr(self._response, "shutdown", None)  # urllib3 >= 2.3
+            if not self._released and shutdown is not None:
+                with contextlib.suppress(Exception):
+                    shutdown()  # unblocks a read waiting for data
         await asyncio.to_thread(self._thread.join, 5)
-        self._response.close()
+        self._release(reusable=False)
 
 
 # --------------------------------------------------------------------------- faults

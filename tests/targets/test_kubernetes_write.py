@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import gc
 import http.client
 import http.server
 import json
@@ -710,7 +709,24 @@ async def test_closing_a_log_stream_early_stops_its_reader(sandbox: SandboxServe
     await stream.aclose()  # type: ignore[attr-defined]
     assert time.monotonic() - started < 2
     assert not [t for t in threading.enumerate() if t.name == f"pod-log-{pod}"]
-    gc.collect()
+    assert len(await proxied.history("chat-gui", "prod", target())) == 3  # the pool is fine
+
+
+async def test_a_log_stream_that_breaks_off_is_an_error(sandbox: SandboxServer, proxy: Proxy,
+                                                        proxied: KubernetesPlatform) -> None:
+    pod = sandbox.cluster.list(PODS, "prod", "app=chat-gui")[0][0]["metadata"]["name"]
+
+    def broken(query: Any) -> Iterator[bytes]:
+        yield b"2026-11-30T02:00:00Z first\n2026-11-30T02:00:01Z sec"
+        raise ConnectionResetError("the kubelet went away")
+    proxy.logs[pod] = broken
+    [(_, stream)] = await proxied.log_sources("chat-gui", "prod", target(), LogQuery(pod=pod))
+    seen = []
+    with pytest.raises(Unreachable) as err:
+        async for line in stream:
+            seen.append(line[2])
+    assert str(err.value) == f"cannot reach the cluster at {proxy.url}: the connection broke"
+    assert seen == ["first", "sec"]
 
 
 async def test_log_sources_choose_pods_and_containers(sandbox: SandboxServer, proxy: Proxy,
