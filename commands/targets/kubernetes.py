@@ -29,7 +29,7 @@ import copy
 import json
 import math
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -126,7 +126,7 @@ class KubernetesPlatform:
             return state
         return fill_state(state, target, deployment, replicasets.items, pods.items, events.items)
 
-    # ----------------------------------------------------------------- plumbing for the rest
+    # ----------------------------------------------------------------- plumbing of the write side
 
     async def _session(self, target: KubernetesTarget) -> _Session:
         try:
@@ -148,7 +148,8 @@ class KubernetesPlatform:
         """
         s = await self._session(target)
         what = s.deployment_name
-        for attempt in (1, 2):
+
+        async def attempt() -> int:
             deployment = await s.read_deployment()
             containers = _containers(deployment["spec"]["template"])
             if target.container_name not in containers:
@@ -162,16 +163,12 @@ class KubernetesPlatform:
                 "spec": {"template": {"spec": {"containers": [
                     {"name": target.container_name, "image": image}]}}},
             }
-            try:
-                patched = await s.call(what, "patch", s.apps.patch_namespaced_deployment,
-                                       target.deployment, target.namespace, patch,
-                                       _content_type=STRATEGIC_MERGE)
-            except Conflict:
-                if attempt == 2:
-                    raise
-                continue
+            patched = await s.call(what, "patch", s.apps.patch_namespaced_deployment,
+                                   target.deployment, target.namespace, patch,
+                                   _content_type=STRATEGIC_MERGE)
             return int(patched["metadata"].get("generation") or 0)
-        raise AssertionError("unreachable")
+
+        return await _again_on_conflict(attempt)
 
     async def progress(self, service: str, env: str, target: KubernetesTarget,
                        generation: int) -> RolloutProgress:
@@ -212,7 +209,8 @@ class KubernetesPlatform:
         """
         s = await self._session(target)
         what = s.deployment_name
-        for attempt in (1, 2):
+
+        async def attempt() -> tuple[RevisionInfo, int]:
             deployment = await s.read_deployment()
             replicasets = await s.replicasets(deployment)
             chosen = choose_revision(deployment, replicasets, revision, what, target.container_name)
@@ -225,16 +223,12 @@ class KubernetesPlatform:
                 raise PlatformError(f"skipped rollback: {what} already runs the template of "
                                     f"revision {info.revision} ({info.version})")
             patch = rollback_patch(deployment, chosen, template, change_cause)
-            try:
-                patched = await s.call(what, "patch", s.apps.patch_namespaced_deployment,
-                                       target.deployment, target.namespace, patch,
-                                       _content_type=JSON_PATCH)
-            except Conflict:
-                if attempt == 2:
-                    raise
-                continue
+            patched = await s.call(what, "patch", s.apps.patch_namespaced_deployment,
+                                   target.deployment, target.namespace, patch,
+                                   _content_type=JSON_PATCH)
             return info, int(patched["metadata"].get("generation") or 0)
-        raise AssertionError("unreachable")
+
+        return await _again_on_conflict(attempt)
 
     # ----------------------------------------------------------------- logs
 
@@ -458,6 +452,14 @@ ANNOTATIONS_TO_SKIP = frozenset({
 FAILING_REASONS = frozenset({"CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull",
                              "InvalidImageName", "CreateContainerConfigError"})
 CRASH_RESTARTS = 2  # restarts after a termination that count as crash-looping
+
+
+async def _again_on_conflict(attempt: Callable[[], Awaitable[T]]) -> T:
+    """``attempt()`` (read, check, patch with the resourceVersion read), once more on a 409."""
+    try:
+        return await attempt()
+    except Conflict:
+        return await attempt()
 
 
 class _NoLog(PlatformError):
