@@ -80,6 +80,60 @@ class KubernetesTarget(_Model):
         return f"k8s {ctx}{self.namespace}/deploy/{self.deployment}"
 
 
+DOCKER_HOST_SCHEMES = ("unix", "tcp", "http", "https", "ssh", "npipe")
+CONTAINER_NAME = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$"  # Docker's own rule for container names
+
+
+def docker_host_problem(url: str) -> str | None:
+    """Why ``url`` is not a Docker host URL the SDK can use, or None."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in DOCKER_HOST_SCHEMES or not rest.strip("/"):
+        return ("expected a Docker host URL such as unix:///var/run/docker.sock or tcp://10.0.0.5:2376 "
+                f"(schemes: {', '.join(DOCKER_HOST_SCHEMES)})")
+    return None
+
+
+def _docker_host(v: str | None) -> str | None:
+    if v is not None and (problem := docker_host_problem(v)):
+        raise ValueError(problem)
+    return v
+
+
+class DockerTarget(_Model):
+    """A service in one env that runs as one container on a Docker host.
+
+    A deploy replaces the container with one made from its configuration and the new image; the
+    one it replaces is kept stopped as ``<container>--rev<N>`` so a rollback can start it again.
+    """
+
+    type: Literal["docker"]
+    host: Annotated[str | None, AfterValidator(_docker_host)] = Field(
+        None, description="Docker host URL (unix:///… or tcp://…); default: docker_host (--docker-host), "
+                          "then $DOCKER_HOST, then the local socket")
+    container: str = Field(..., max_length=200, description="name of the container that runs the service")
+    health_wait_seconds: float = Field(
+        10, ge=0, le=600,
+        description="without a HEALTHCHECK in the image, a new container counts as healthy once it has "
+                    "been running this long")
+    keep_previous: bool = Field(
+        True, description="keep replaced containers (stopped) so a rollback can start them again; "
+                          "false: remove them once the new one is healthy (a rollback then recreates them)")
+
+    @field_validator("container")
+    @classmethod
+    def _container_name(cls, v: str) -> str:
+        if not re.fullmatch(CONTAINER_NAME, v):
+            raise ValueError("a container name has at least 2 characters: letters, digits, '_', '.' and '-', "
+                             "starting with a letter or digit")
+        if re.search(r"--rev\d+$", v):
+            raise ValueError("names ending in --rev<N> are the ones opsbot gives replaced containers")
+        return v
+
+    def describe(self) -> str:
+        on = f" on {self.host}" if self.host else ""
+        return f"docker container {self.container}{on}"
+
+
 def _default_target_type(v: Any) -> Any:
     # `type` may be left out and means kubernetes; the discriminator needs it in the input.
     if isinstance(v, dict) and "type" not in v:
@@ -87,8 +141,9 @@ def _default_target_type(v: Any) -> Any:
     return v
 
 
-# Later platforms (docker) join this union with their own `type` literal.
-Target = Annotated[KubernetesTarget, Field(discriminator="type"), BeforeValidator(_default_target_type)]
+# Each platform joins this union with its own `type` literal.
+Target = Annotated[KubernetesTarget | DockerTarget, Field(discriminator="type"),
+                   BeforeValidator(_default_target_type)]
 
 
 class ServiceConfig(_Model):

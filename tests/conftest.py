@@ -37,3 +37,7 @@ def pytest_runtest_call(item: pytest.Item):
         with worlds[0].env.time_context():
             return (yield)
     return (yield)
+
+
+# The session's private dockerd (tests/conftest_docker.py), shared by tests/targets and tests/bot.
+from tests.conftest_docker import DockerHost, container_name, dockerd  # noqa: E402,F401
