@@ -30,6 +30,7 @@ MATRIX: dict[str, tuple[str, set[str]]] = {
     "!rollback auth prod": ("rollback", {"admin", "mod", "oncall"}),  # likewise
     "!lock staging matrix test for 10m": ("lock", {"admin", "mod"}),
     "!unlock staging": ("lock", {"admin", "mod"}),
+    "!logs chat prod --tail 5": ("logs", {"admin", "mod", "oncall"}),
 }
 # Lines whose allowed answer may be a warning (the previous user's lock, nothing to unlock).
 MAY_WARN = {"!lock staging matrix test for 10m", "!unlock staging"}
