@@ -679,6 +679,10 @@ class Scheduler:
 
         return await asyncio.to_thread(read)
 
+    def running_jobs(self) -> set[str]:
+        """Ids of the jobs running right now (no longer in the store, not finished yet)."""
+        return set(self._snapshots)
+
     async def get(self, job_id: str) -> JobInfo | None:
         self._require_started()
         job = await asyncio.to_thread(self._aps.get_job, job_id, _STORE)
