@@ -395,6 +395,95 @@ class SchedulerConfig(_Model):
     coalesce: bool = Field(True, description="a recurring job that missed several runs runs once")
 
 
+def _matchers(v: list[str]) -> list[str]:
+    # The matcher grammar lives with the router; imported here, when validating, to keep one parser.
+    from alerts.routing import MatcherError, parse_matchers
+
+    for text in v:
+        try:
+            if not parse_matchers(text):
+                raise MatcherError("an empty matcher")
+        except MatcherError as e:
+            raise ValueError(f"matcher {text!r}: {e}") from None
+    return v
+
+
+def _snowflakes(v: list[int]) -> list[int]:
+    if any(i <= 0 or i >= 2**64 for i in v):
+        raise ValueError("a Discord role ID is a positive 64-bit snowflake")
+    return v
+
+
+Matchers = Annotated[list[str], AfterValidator(_matchers)]
+RoleIds = Annotated[list[int], AfterValidator(_snowflakes)]
+SHORT_DURATION = r"^([0-9]+[smhdw])+$"
+
+
+class AlertRouteConfig(_Model):
+    """One alert route: the groups whose common labels match go to ``channel``."""
+
+    matchers: Matchers = Field(
+        ..., min_length=1,
+        description='Alertmanager-style matchers, all must match: severity="critical", service=~"chat.*"',
+    )
+    channel: str = Field(..., min_length=1, description="channel name or ID (quoted)")
+    mention_roles: RoleIds = Field(default_factory=list, description="role IDs pinged when a group fires")
+    escalation: str | None = Field(None, description="escalation policy name, stored on the incident")
+    continue_: bool = Field(False, alias="continue", description="keep matching the routes after this one")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class AlertDefaultRoute(_Model):
+    """Where groups that match no route go."""
+
+    channel: str | None = Field(None, description="default: channels.alerts")
+    mention_roles: RoleIds = Field(default_factory=list)
+    escalation: str | None = None
+
+
+class AlertsConfig(_Model):
+    """The Alertmanager relay: intake, routing, rendering, sending, watchdog."""
+
+    routes: list[AlertRouteConfig] = Field(default_factory=list, description="first match wins unless continue")
+    default_route: AlertDefaultRoute = Field(default_factory=AlertDefaultRoute)
+    service_label: str = Field("service", min_length=1, description="label naming the catalog service")
+    env_label: str = Field("env", min_length=1, description="label naming the env")
+    severity_label: str = Field("severity", min_length=1)
+    severities: list[str] = Field(
+        default_factory=lambda: ["critical", "error", "warning", "info"], min_length=1,
+        description="severity values, most severe first; others rank after them",
+    )
+    hidden_labels: list[str] = Field(
+        default_factory=lambda: ["prometheus", "prometheus_replica", "monitor", "receive", "tenant_id"],
+        description="labels never shown in messages",
+    )
+    webhook_path: str = Field("/alerts/alertmanager", pattern=r"^/[A-Za-z0-9/_.-]*$")
+    webhook_user: str = Field("alertmanager", min_length=1, description="basic-auth user; the password is webhook_token")
+    allow_unauthenticated: bool = Field(False, description="accept webhooks without webhook_token (loopback demos only)")
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    send_rate_operations: int = Field(5, ge=1, le=1000, description="chat operations per channel per send_rate_seconds")
+    send_rate_seconds: float = Field(5.0, gt=0, le=3600)
+    retry_initial_seconds: float = Field(1.0, gt=0, le=600)
+    retry_max_seconds: float = Field(300.0, gt=0, le=86400)
+    silence_buttons: list[Annotated[str, Field(pattern=SHORT_DURATION)]] = Field(
+        default_factory=lambda: ["1h", "4h", "24h"], max_length=4, description="durations of the Silence buttons"
+    )
+    watchdog_alertname: str = Field("Watchdog", min_length=1)
+    watchdog_minutes: float = Field(10.0, ge=0, le=10080, description="post 'pipeline silent' after this; 0 = off")
+    alertmanager_timeout_seconds: float = Field(10.0, gt=0, le=300)
+    reconcile_minutes: float = Field(5.0, ge=0, le=1440, description="re-check open incidents against Alertmanager; 0 = only at start")
+    dedup_retention_hours: float = Field(168.0, gt=0, le=24 * 365)
+
+    @field_validator("retry_max_seconds")
+    @classmethod
+    def _max_not_below_initial(cls, v: float, info: Any) -> float:
+        initial = info.data.get("retry_initial_seconds")
+        if initial is not None and v < initial:
+            raise ValueError("retry_max_seconds must be at least retry_initial_seconds")
+        return v
+
+
 class Settings(BaseSettings):
     """Everything opsbot reads. YAML file < environment variables < CLI flags."""
 
@@ -434,6 +523,7 @@ class Settings(BaseSettings):
     redact_patterns: list[Regex] = Field(default_factory=list)
     oncall: OncallConfig = Field(default_factory=OncallConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
 
     # Set by load_settings so errors can name the file; not a user setting.
     source_file: Path | None = Field(None, exclude=True)
