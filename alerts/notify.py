@@ -32,6 +32,12 @@ class OutMessage:
     files: list[tuple[str, bytes]] = field(default_factory=list)  # (filename, data)
     mention_roles: list[int] = field(default_factory=list)  # role IDs allowed to ping
     mention_users: list[int] = field(default_factory=list)
+    # On edit: True means the message's attachments become exactly ``files`` (none when empty),
+    # so a JSON attachment follows the latest state instead of piling up. False: files are added.
+    replace_files: bool = False
+    # An idempotency key for creates (≤ 25 characters): pass it as Discord's message ``nonce``
+    # (with ``enforce_nonce``) so a create retried after a crash is not posted twice.
+    nonce: str | None = None
 
 
 class SendError(Exception):
@@ -41,6 +47,16 @@ class SendError(Exception):
         super().__init__(message)
         self.retryable = retryable
         self.retry_after = retry_after
+
+
+class MessageGone(SendError):
+    """The message to edit (or to open a thread under) no longer exists, e.g. someone deleted it.
+
+    The core then posts a new message instead of retrying the edit.
+    """
+
+    def __init__(self, message: str = "message not found") -> None:
+        super().__init__(message, retryable=False)
 
 
 class Notifier(Protocol):

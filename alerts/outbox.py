@@ -1,0 +1,287 @@
+"""Drains the persistent outbox: one sender task per channel, paced, retried, restart-safe.
+
+Each channel has one sender, so one incident's message is only ever written by one task. A sender
+asks the store for its most urgent due operation (notices, then messages most severe first and
+new before edits, then timeline batches), renders it from the incident's state *now* (so ten
+changes while the channel was busy become one edit), takes a token from the channel's bucket
+(``send_rate_operations`` per ``send_rate_seconds``, on top of discord.py's own rate-limit
+handling) and calls the :class:`~alerts.notify.Notifier`.
+
+Failures: a retryable :class:`~alerts.notify.SendError` retries that operation with exponential
+backoff (or after ``retry_after``, which also pauses the channel); a non-retryable one gives up on
+that version and logs it; :class:`~alerts.notify.MessageGone` posts a new message. Any other
+exception counts as retryable.
+
+Restarts: the created message's ID is stored the moment ``send`` returns (shielded from
+cancellation), and a create is marked in flight before it starts, so after a restart a sender
+edits the stored message instead of posting a second one. A create cut off by a crash is retried
+with the same ``nonce``, which lets Discord drop the duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import datetime
+from typing import Any, TypeVar
+
+from alerts.notify import MessageGone, Notifier, OutMessage, SendError
+from alerts.store import AlertStore, MessageWork, NoticeWork, TimelineWork, Work
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+DbRun = Callable[..., Awaitable[Any]]
+
+
+class TokenBucket:
+    """``capacity`` operations at once, refilled at ``capacity / per_seconds`` a second."""
+
+    def __init__(self, capacity: int, per_seconds: float, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.capacity = float(capacity)
+        self.rate = capacity / per_seconds
+        self._tokens = float(capacity)
+        self._clock = clock
+        self._stamp = clock()
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self._tokens = min(self.capacity, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+
+    def delay(self) -> float:
+        """Seconds until a token is free (0 when one is)."""
+        self._refill()
+        return 0.0 if self._tokens >= 1 else (1 - self._tokens) / self.rate
+
+    def take(self) -> None:
+        self._refill()
+        self._tokens -= 1
+
+
+class Outbox:
+    def __init__(
+        self,
+        store: AlertStore,
+        notifier: Notifier,
+        *,
+        render_message: Callable[[MessageWork], OutMessage],
+        render_timeline: Callable[[TimelineWork], str],
+        render_notice: Callable[[str], OutMessage],
+        db_run: DbRun,
+        rate_operations: int = 5,
+        rate_seconds: float = 5.0,
+        retry_initial: float = 1.0,
+        retry_max: float = 300.0,
+        idle_seconds: float = 30.0,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self._store = store
+        self._notifier = notifier
+        self._render_message = render_message
+        self._render_timeline = render_timeline
+        self._render_notice = render_notice
+        self._db_run = db_run
+        self._rate = (rate_operations, rate_seconds)
+        self._retry_initial = retry_initial
+        self._retry_max = retry_max
+        self._idle = idle_seconds
+        self._clock = clock
+        self._events: dict[str, asyncio.Event] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._buckets: dict[str, TokenBucket] = {}
+        self._paused_until: dict[str, float] = {}
+        self._busy: set[str] = set()
+        self._stopping = asyncio.Event()
+        self._running = False
+        self.stats: Counter[str] = Counter()
+
+    # ------------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        self._running = True
+        self._stopping.clear()
+        self.wake(await self._db_run(self._store.pending_channels))
+
+    def wake(self, channels: Iterable[str]) -> None:
+        """There is news for these channels (starts their senders when needed)."""
+        if not self._running:
+            return
+        for channel in channels:
+            if channel not in self._tasks or self._tasks[channel].done():
+                self._events[channel] = asyncio.Event()
+                self._buckets.setdefault(channel, TokenBucket(*self._rate))
+                self._tasks[channel] = asyncio.get_running_loop().create_task(
+                    self._sender(channel), name=f"alerts-sender:{channel}"
+                )
+            self._events[channel].set()
+
+    @property
+    def busy(self) -> bool:
+        """A chat operation is in flight right now."""
+        return bool(self._busy)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Finish the operation in flight (up to ``grace`` seconds), then stop every sender."""
+        self._running = False
+        self._stopping.set()
+        for event in self._events.values():
+            event.set()
+        tasks = list(self._tasks.values())
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    # ------------------------------------------------------------------------ the sender
+
+    async def _sender(self, channel: str) -> None:
+        event = self._events[channel]
+        while not self._stopping.is_set():
+            try:
+                event.clear()
+                work, due = await self._db_run(self._store.next_work, channel)
+                if work is None:
+                    timeout = self._idle
+                    if due is not None:
+                        timeout = min(timeout, max((due - self._clock()).total_seconds(), 0.01))
+                    await self._wait(event, timeout)
+                    continue
+                if not await self._pace(channel):
+                    return
+                self._busy.add(channel)
+                try:
+                    await self._perform(work)
+                finally:
+                    self._busy.discard(channel)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # The database or a bug: log it, breathe, go on. The work stays in the outbox.
+                log.exception("alert sender for %s failed; retrying", channel)
+                await self._wait(self._stopping, 2.0)
+
+    async def _wait(self, event: asyncio.Event, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout)
+
+    async def _pace(self, channel: str) -> bool:
+        """Wait for the channel's pause (a 429) and a token; False when stopping."""
+        loop = asyncio.get_running_loop()
+        while not self._stopping.is_set():
+            pause = self._paused_until.get(channel, 0.0) - loop.time()
+            wait = max(pause, self._buckets[channel].delay())
+            if wait <= 0:
+                self._buckets[channel].take()
+                return True
+            await self._wait(self._stopping, wait)
+        return False
+
+    def _backoff(self, attempts: int, retry_after: float | None) -> float:
+        if retry_after is not None and retry_after >= 0:
+            return float(retry_after)
+        return min(self._retry_max, self._retry_initial * 2 ** max(attempts - 1, 0))
+
+    async def _perform(self, work: Work) -> None:
+        if isinstance(work, MessageWork):
+            await self._message(work)
+        elif isinstance(work, TimelineWork):
+            await self._timeline(work)
+        else:
+            await self._notice(work)
+
+    async def _persist(self, fn: Callable[..., Any], *args: Any) -> None:
+        # Shielded: a stop arriving now must not lose what chat already shows.
+        await asyncio.shield(self._db_run(fn, *args))
+
+    async def _message(self, work: MessageWork) -> None:
+        message = self._render_message(work)
+        channel, incident = work.channel, work.incident.id
+        try:
+            if work.message_id is None:
+                if work.create_in_flight:
+                    log.warning(
+                        "incident #%s in %s: a create was interrupted before; posting again with nonce %s",
+                        incident, channel, message.nonce,
+                    )
+                await self._db_run(self._store.create_started, work.delivery_id)
+                message_id = await self._notifier.send(channel, message)
+                await self._persist(self._store.message_sent, work.delivery_id, work.version, str(message_id))
+                self.stats["send"] += 1
+            else:
+                await self._notifier.edit(channel, work.message_id, message)
+                await self._persist(self._store.message_sent, work.delivery_id, work.version, None)
+                self.stats["edit"] += 1
+        except MessageGone:
+            log.warning("incident #%s: its message in %s is gone; posting a new one", incident, channel)
+            self.stats["gone"] += 1
+            await self._db_run(self._store.message_gone, work.delivery_id)
+        except SendError as e:
+            self.stats["failed"] += 1
+            if not e.retryable:
+                log.error("incident #%s: giving up on its message in %s (version %s): %s", incident, channel, work.version, e)
+                await self._db_run(self._store.message_failed, work.delivery_id, str(e), None, work.version)
+                return
+            delay = self._backoff(work.attempts + 1, e.retry_after)
+            if e.retry_after is not None:
+                self._paused_until[channel] = asyncio.get_running_loop().time() + delay
+            log.warning("incident #%s: sending to %s failed (%s); retry in %.1fs", incident, channel, e, delay)
+            await self._db_run(self._store.message_failed, work.delivery_id, str(e), delay, work.version)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            self.stats["failed"] += 1
+            delay = self._backoff(work.attempts + 1, None)
+            log.exception("incident #%s: the notifier failed for %s; retry in %.1fs", incident, channel, delay)
+            await self._db_run(self._store.message_failed, work.delivery_id, f"{type(e).__name__}: {e}", delay, work.version)
+
+    async def _timeline(self, work: TimelineWork) -> None:
+        text = self._render_timeline(work)
+        try:
+            thread_id = await self._notifier.thread_post(work.channel, work.message_id, work.thread_name, text)
+            await self._persist(self._store.timeline_posted, work.delivery_id, work.entry_ids, thread_id)
+            self.stats["thread_post"] += 1
+        except MessageGone:
+            self.stats["gone"] += 1
+            await self._db_run(self._store.message_gone, work.delivery_id)
+        except SendError as e:
+            self.stats["failed"] += 1
+            if not e.retryable:
+                log.error("incident #%s: dropping %d timeline entries: %s", work.incident_id, len(work.entry_ids), e)
+                await self._db_run(self._store.timeline_posted, work.delivery_id, work.entry_ids, None)
+                return
+            delay = self._backoff(2, e.retry_after)
+            if e.retry_after is not None:
+                self._paused_until[work.channel] = asyncio.get_running_loop().time() + delay
+            await self._db_run(self._store.timeline_failed, work.delivery_id, delay)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self.stats["failed"] += 1
+            log.exception("incident #%s: posting its timeline failed", work.incident_id)
+            await self._db_run(self._store.timeline_failed, work.delivery_id, self._backoff(2, None))
+
+    async def _notice(self, work: NoticeWork) -> None:
+        try:
+            await self._notifier.send(work.channel, self._render_notice(work.text))
+            await self._persist(self._store.notice_done, work.notice_id)
+            self.stats["notice"] += 1
+        except SendError as e:
+            self.stats["failed"] += 1
+            if not e.retryable:
+                log.error("dropping a notice for %s: %s", work.channel, e)
+                await self._db_run(self._store.notice_failed, work.notice_id, None)
+                return
+            await self._db_run(self._store.notice_failed, work.notice_id, self._backoff(work.attempts + 1, e.retry_after))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self.stats["failed"] += 1
+            log.exception("posting a notice to %s failed", work.channel)
+            await self._db_run(self._store.notice_failed, work.notice_id, self._backoff(work.attempts + 1, None))
