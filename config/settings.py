@@ -239,7 +239,14 @@ def _member(v: Any) -> Any:
     return v
 
 
+def _rotation_name(v: str) -> str:
+    if not re.match(ROTATION_NAME, v):
+        raise ValueError(f"rotation name {v!r}: lowercase letters, digits, '-' and '_' (at most 32)")
+    return v
+
+
 Duration = Annotated[timedelta, BeforeValidator(_parse_duration)]
+RotationName = Annotated[str, AfterValidator(_rotation_name)]
 HandoffTime = Annotated[time, BeforeValidator(_hhmm)]
 
 
@@ -345,21 +352,13 @@ class EscalationPolicy(_Model):
 class OncallConfig(_Model):
     """Rotations (who is on call) and escalation policies (who is paged while nobody acknowledges)."""
 
-    rotations: dict[str, RotationConfig] = Field(
+    rotations: dict[RotationName, RotationConfig] = Field(
         default_factory=dict, description="rotation name (e.g. primary, secondary) -> rotation"
     )
     escalation_policies: dict[str, EscalationPolicy] = Field(
         default_factory=dict, description="policy name -> steps; alert routes name one with `escalation`"
     )
     default_policy: str | None = Field(None, description="policy for incidents whose route names none")
-
-    @field_validator("rotations")
-    @classmethod
-    def _rotation_names(cls, v: dict[str, RotationConfig]) -> dict[str, RotationConfig]:
-        for name in v:
-            if not re.match(ROTATION_NAME, name) or _TARGET.match(name):
-                raise ValueError(f"rotation name {name!r}: lowercase letters, digits, '-' and '_' (at most 32)")
-        return v
 
     @field_validator("escalation_policies")
     @classmethod
