@@ -249,14 +249,14 @@ class EscalationEngine:
         title: str = "",
         started_at: datetime | None = None,
     ) -> EscalationState | None:
-        """Escalate ``incident_id`` by ``policy_name`` (None: ``default_policy``; none: no escalation).
+        """Escalate ``incident_id`` by ``policy_name`` (the incident's route's; None: no escalation).
 
         Idempotent while the escalation runs (a second call returns it unchanged). After a stop
         (acknowledged, then unacknowledged) it starts over: a new generation whose steps count
         from ``started_at`` (default now).
         """
-        name = policy_name or self.config.default_policy
-        if name is None:
+        name = policy_name
+        if not name:
             return None
         policy = self.config.escalation_policies.get(name)
         if policy is None:
@@ -500,8 +500,10 @@ class EscalationEngine:
             content += f" — sent {short(now - due)} late: the bot was not running"
         if not users and not roles:
             content = f"🚨 incident #{row.incident_id}{title}: escalation {step} has nobody to notify"
+        # The nonce makes Discord drop a duplicate of this page if a send that timed out is retried.
+        nonce = f"esc{row.incident_id}.{row.generation}.{tick.index}"[:25]
         message_id = await self._notifier.send(row.channel, OutMessage(content=content[:2000], mention_users=users,
-                                                                       mention_roles=roles))
+                                                                       mention_roles=roles, nonce=nonce))
         if any(t.dm for t in [*folded, tick]) and users:
             notes.extend(await self._dms(row, users, content))
         line = f"escalation {step}: notified " + (", ".join(who) or "nobody")

@@ -356,9 +356,9 @@ class OncallConfig(_Model):
         default_factory=dict, description="rotation name (e.g. primary, secondary) -> rotation"
     )
     escalation_policies: dict[str, EscalationPolicy] = Field(
-        default_factory=dict, description="policy name -> steps; alert routes name one with `escalation`"
+        default_factory=dict,
+        description="policy name -> steps; an alert route names one with `escalation` (none: no escalation)",
     )
-    default_policy: str | None = Field(None, description="policy for incidents whose route names none")
 
     @field_validator("escalation_policies")
     @classmethod
@@ -372,14 +372,6 @@ class OncallConfig(_Model):
                     if not _TARGET.match(target) and target not in rotations:
                         known = ", ".join(rotations) or "none configured"
                         raise ValueError(f"{name}.steps.{i}.notify: no rotation {target!r} (rotations: {known})")
-        return v
-
-    @field_validator("default_policy")
-    @classmethod
-    def _known_policy(cls, v: str | None, info: Any) -> str | None:
-        policies = info.data.get("escalation_policies")
-        if v is not None and policies is not None and v not in policies:
-            raise ValueError(f"no escalation policy {v!r}")
         return v
 
 

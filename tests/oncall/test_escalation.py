@@ -37,7 +37,6 @@ CONFIG = OncallConfig(
         "quick": {"steps": [{"after": "0s", "notify": ["user:100000000000000002"]},
                             {"after": "1s", "notify": ["primary"]}]},
     },
-    default_policy="warning",
 )
 
 
@@ -133,6 +132,7 @@ async def test_steps_fire_in_order_with_pings_in_the_content(w: World):
     assert [(u, m.content) for u, m in w.notifier.dms] == [
         (A, f"🚨 <@{A}> — incident #12 is unacknowledged after 5m: ChatDown (step 1/2)\nAcknowledge it in #alerts.")]
     assert w.notifier.threads == [("alerts", "555", "Incident #12", f"escalation step 1/2: notified <@{A}> (primary)")]
+    assert w.notifier.sent[0][1].nonce == "esc12.1.0"
 
     await w.at(15)
     await w.at(30)
@@ -259,12 +259,12 @@ async def test_failed_dms_are_noted_in_the_thread(w: World, notifier: FakeNotifi
 
 
 async def test_policy_choice(w: World):
-    assert (await w.engine.start(1, None, "alerts", "1")).policy == "warning"  # default_policy
+    assert (await w.engine.start(1, "warning", "alerts", "1")).policy == "warning"
     assert await w.engine.start(2, "nonesuch", "alerts", "2") is None
     assert w.notifier.threads == [("alerts", "2", "Incident #2", "⚠️ no escalation policy `nonesuch` is configured: "
                                                                  "nobody will be paged")]
-    w.engine.config = CONFIG.model_copy(update={"default_policy": None})
-    assert await w.engine.start(3, None, "alerts", "3") is None
+    assert await w.engine.start(3, None, "alerts", "3") is None  # the route names no policy
+    assert await w.scheduler.jobs("esc:3:") == []
 
 
 async def test_start_is_idempotent_and_unacknowledging_starts_over(w: World, incidents: Incidents):
