@@ -15,11 +15,12 @@ silence is not (two silences would be worse than an error). Credentials in the U
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, Self
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import aiohttp
 from pydantic import TypeAdapter, ValidationError
@@ -59,13 +60,15 @@ class SilenceNotFound(AlertmanagerRejected):
     pass
 
 
-def _split_credentials(url: str) -> tuple[str, aiohttp.BasicAuth | None]:
+def _split_credentials(url: str) -> tuple[str, dict[str, str]]:
+    """The URL without credentials, and an Authorization header made of them (if any)."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("alertmanager_url must be an http(s) URL with a host")
-    auth = None
+    auth: dict[str, str] = {}
     if parts.username is not None:
-        auth = aiohttp.BasicAuth(parts.username, parts.password or "")
+        pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+        auth = {"Authorization": "Basic " + base64.b64encode(pair).decode("ascii")}
         netloc = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
         if parts.port:
             netloc += f":{parts.port}"
@@ -88,7 +91,7 @@ class AlertmanagerClient:
         retries: int = 2,
         retry_delay: float = 0.25,
     ) -> None:
-        self.base_url, self._auth = _split_credentials(base_url)
+        self.base_url, self._headers = _split_credentials(base_url)
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._retries = retries
         self._retry_delay = retry_delay
@@ -107,7 +110,7 @@ class AlertmanagerClient:
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=self._timeout, auth=self._auth)
+            self._session = aiohttp.ClientSession(timeout=self._timeout, headers=self._headers)
         return self._session
 
     async def _request(
@@ -128,13 +131,14 @@ class AlertmanagerClient:
             try:
                 async with self._http().request(method, url, params=list(params), json=body) as resp:
                     text = await resp.text(errors="replace")
+                    if path.startswith("silence/") and (resp.status == 404 or "not found" in text.lower()):
+                        # GET answers 404; DELETE answers 500 "silence not found" (0.25).
+                        raise SilenceNotFound(f"no silence {path.split('/', 1)[1]}", 404)
                     if resp.status >= 500:
                         last = AlertmanagerUnavailable(
                             f"Alertmanager at {self.base_url} answered {resp.status}: {_short(text)}"
                         )
                         continue
-                    if resp.status == 404 and path.startswith("silence/"):
-                        raise SilenceNotFound(f"no silence {path.split('/', 1)[1]}", 404)
                     if resp.status >= 400:
                         raise AlertmanagerRejected(
                             f"Alertmanager refused {method} {path}: {resp.status} {_short(text)}", resp.status
