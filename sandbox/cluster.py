@@ -35,6 +35,24 @@ HISTORY_SIZE = 4096  # watch events kept for resuming a watch from a resourceVer
 
 
 @dataclass(frozen=True)
+class Subresource:
+    """A subresource of a kind (``deployments/scale``), as discovery advertises it.
+
+    ``group``/``version``/``kind`` name what it serves when that is not the parent kind.
+    """
+
+    name: str
+    verbs: tuple[str, ...]
+    kind: str | None = None
+    group: str | None = None
+    version: str | None = None
+
+
+_SCALE = Subresource("scale", ("get", "patch", "update"), "Scale", "autoscaling", "v1")
+_STATUS = Subresource("status", ("get", "patch", "update"))
+
+
+@dataclass(frozen=True)
 class ResourceKind:
     """One served resource (what discovery advertises and routing resolves)."""
 
@@ -50,6 +68,7 @@ class ResourceKind:
     has_generation: bool = False  # metadata.generation is bumped when spec changes
     # fields usable in a fieldSelector besides metadata.name and metadata.namespace
     field_labels: tuple[str, ...] = ()
+    subresources: tuple[Subresource, ...] = ()
 
     @property
     def api_version(self) -> str:
@@ -74,6 +93,7 @@ PODS = ResourceKind(
     field_labels=("spec.nodeName", "spec.restartPolicy", "spec.schedulerName",
                   "spec.serviceAccountName", "status.phase", "status.podIP",
                   "status.nominatedNodeName"),
+    subresources=(Subresource("log", ("get",)), _STATUS),
 )
 EVENTS = ResourceKind(
     "", "v1", "events", "Event", "event", short_names=("ev",),
@@ -84,11 +104,12 @@ EVENTS = ResourceKind(
 )
 DEPLOYMENTS = ResourceKind(
     "apps", "v1", "deployments", "Deployment", "deployment", short_names=("deploy",),
-    categories=("all",), has_generation=True,
+    categories=("all",), has_generation=True, subresources=(_SCALE, _STATUS),
 )
 REPLICASETS = ResourceKind(
     "apps", "v1", "replicasets", "ReplicaSet", "replicaset", short_names=("rs",),
     categories=("all",), has_generation=True, field_labels=("status.replicas",),
+    subresources=(_SCALE, _STATUS),
 )
 
 KINDS: tuple[ResourceKind, ...] = (NAMESPACES, PODS, EVENTS, DEPLOYMENTS, REPLICASETS)
@@ -502,6 +523,16 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def clone(value: Any) -> Any:
+    """A deep copy of JSON-shaped data (dicts, lists, scalars); several times faster than
+    :func:`copy.deepcopy`, which matters as every read hands out copies."""
+    if isinstance(value, dict):
+        return {k: clone(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [clone(v) for v in value]
+    return value
+
+
 def rfc3339(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -577,7 +608,7 @@ class Cluster:
             obj = self._objects.get(self._key(kind, namespace, name))
             if obj is None:
                 raise ApiError.not_found(kind, name)
-            return copy.deepcopy(obj)
+            return clone(obj)
 
     def list(
         self,
@@ -589,7 +620,7 @@ class Cluster:
         """Matching objects sorted by (namespace, name), and the list's resourceVersion."""
         matches = self._matcher(kind, label_selector, field_selector)
         with self._lock:
-            items = [copy.deepcopy(o) for o in self._scan(kind, namespace) if matches(o)]
+            items = [clone(o) for o in self._scan(kind, namespace) if matches(o)]
             return items, str(self._rv)
 
     def _scan(self, kind: ResourceKind, namespace: str | None) -> Iterable[Obj]:
@@ -605,7 +636,7 @@ class Cluster:
 
     def create(self, kind: ResourceKind, obj: Obj, namespace: str | None = None) -> Obj:
         """Store a new object, filling apiVersion/kind/uid/timestamps like the API server."""
-        obj = copy.deepcopy(obj)
+        obj = clone(obj)
         meta = obj.setdefault("metadata", {})
         for field_name, expected in (("apiVersion", kind.api_version), ("kind", kind.kind)):
             if obj.get(field_name, expected) != expected:
@@ -631,7 +662,7 @@ class Cluster:
 
     def update(self, kind: ResourceKind, obj: Obj) -> Obj:
         """Replace an object. A stale metadata.resourceVersion (if given) is a Conflict."""
-        obj = copy.deepcopy(obj)
+        obj = clone(obj)
         meta = obj.setdefault("metadata", {})
         name = meta.get("name") or ""
         with self._lock:
@@ -659,7 +690,7 @@ class Cluster:
         """
         with self._lock:
             current = self.get(kind, namespace, name)
-            changed = change(copy.deepcopy(current))
+            changed = change(clone(current))
             meta = changed.setdefault("metadata", {})
             meta["name"] = name
             if kind.namespaced:
@@ -678,7 +709,7 @@ class Cluster:
             old = self._objects.get(key)
             if old is None:
                 raise ApiError.not_found(kind, name)
-            deleted = self._commit("DELETED", kind, key, old, copy.deepcopy(old))
+            deleted = self._commit("DELETED", kind, key, old, clone(old))
             self._collect_dependents(old, orphan=propagation == "Orphan")
             return deleted
 
@@ -709,11 +740,11 @@ class Cluster:
             self._objects.pop(key)
         else:
             self._objects[key] = new
-        event = WatchEvent(type_, kind, key[1], old, copy.deepcopy(new), self._rv)
+        event = WatchEvent(type_, kind, key[1], old, clone(new), self._rv)
         self._history.append(event)
         for watch in list(self._watches):
             self._deliver(watch, event)
-        return copy.deepcopy(new)
+        return clone(new)
 
     def _key(self, kind: ResourceKind, namespace: str | None, name: str) -> tuple[str, str, str]:
         return kind.gvr, (namespace or "") if kind.namespaced else "", name
@@ -768,7 +799,7 @@ class Cluster:
             if resource_version in (None, "", "0"):
                 for obj in self._scan(kind, watch.namespace):
                     if watch.matches(obj):
-                        notify("ADDED", copy.deepcopy(obj))
+                        notify("ADDED", clone(obj))
             else:
                 for event in self._history_after(resource_version):
                     self._deliver(watch, event)
@@ -801,7 +832,7 @@ class Cluster:
     def _deliver(watch: Watch, event: WatchEvent) -> None:
         seen = watch.translate(event)
         if seen:
-            watch.notify(seen[0], copy.deepcopy(seen[1]))
+            watch.notify(seen[0], clone(seen[1]))
 
     # ----------------------------------------------------------------- time
 
@@ -809,6 +840,11 @@ class Cluster:
         """Run ``controller(cluster, now)`` on every tick (it may read and write the cluster)."""
         with self._lock:
             self._controllers.append(controller)
+
+    @property
+    def controllers(self) -> tuple[Controller, ...]:
+        with self._lock:
+            return tuple(self._controllers)
 
     def tick(self, now: datetime | None = None) -> None:
         """Let every controller move the world to ``now`` (default: the clock)."""

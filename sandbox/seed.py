@@ -31,6 +31,7 @@ MAX_REPLICAS = "deployment.kubernetes.io/max-replicas"
 TEMPLATE_HASH = "pod-template-hash"
 NODES = ("sandbox-node-1", "sandbox-node-2", "sandbox-node-3")
 PORT = 8080
+PROGRESS_DEADLINE = 60
 
 _HASH_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 
@@ -111,7 +112,8 @@ def deployment_object(service: str, namespace: str, replicas: int, revision: wor
             "strategy": {"type": "RollingUpdate",
                          "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}},
             "revisionHistoryLimit": 10,
-            "progressDeadlineSeconds": 600,
+            # modest, so a broken rollout fails within a minute of simulated time
+            "progressDeadlineSeconds": PROGRESS_DEADLINE,
         },
         "status": {},
     }
@@ -220,10 +222,15 @@ def _condition(kind: str, at: datetime) -> Obj:
 
 
 def event_for(cluster: Cluster, involved: Obj, reason: str, message: str, at: datetime,
-              *, type_: str = "Normal", component: str = "deployment-controller") -> Obj:
-    """A core/v1 Event about ``involved``, as a controller or the kubelet records it."""
+              *, type_: str = "Normal", component: str = "deployment-controller",
+              host: str | None = None, field_path: str | None = None) -> Obj:
+    """A core/v1 Event about ``involved``, as a controller or the kubelet records it.
+
+    The kubelet names its node (``host``) and the container (``field_path``
+    ``spec.containers{name}``).
+    """
     meta = involved["metadata"]
-    return {
+    event: Obj = {
         "metadata": {
             "name": f"{meta['name']}.{cluster.new_uid().replace('-', '')[:16]}",
             "namespace": meta["namespace"],
@@ -246,8 +253,13 @@ def event_for(cluster: Cluster, involved: Obj, reason: str, message: str, at: da
         "count": 1,
         "eventTime": None,
         "reportingComponent": component,
-        "reportingInstance": "",
+        "reportingInstance": host or "",
     }
+    if host:
+        event["source"]["host"] = host
+    if field_path:
+        event["involvedObject"]["fieldPath"] = field_path
+    return event
 
 
 def deployment_status(deployment: Obj, replicaset: Obj, ready_since: datetime) -> Obj:
