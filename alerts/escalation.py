@@ -483,7 +483,7 @@ class EscalationEngine:
             else:
                 try:
                     user = await self._oncall.current_user(target, now)
-                except Exception as e:
+                except Exception as e:  # noqa: BLE001 - noted in the thread; the page still goes out
                     notes.append(f"rotation `{target}`: {e}")
                     continue
                 users.append(user)
@@ -531,7 +531,7 @@ class EscalationEngine:
         for user in users:
             try:
                 await self._dm.send_dm(user, OutMessage(content=text[:2000]))
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - noted in the thread
                 notes.append(f"DM to <@{user}> failed ({type(e).__name__}: {e})")
         return notes
 
@@ -548,5 +548,6 @@ async def run_tick(scheduler: Scheduler, *, incident_id: int, generation: int, t
     """The tick job (``esc:<incident>:<generation>:<tick>``)."""
     engine = scheduler.context.get(CONTEXT_KEY)
     if not isinstance(engine, EscalationEngine):
-        raise RuntimeError(f"scheduler {scheduler.name!r} has no escalation engine in its context")
+        # A wiring mistake, not a bad argument.
+        raise RuntimeError(f"scheduler {scheduler.name!r} has no escalation engine in its context")  # noqa: TRY004
     return await engine.run_tick(incident_id, generation, tick, attempt)

@@ -508,7 +508,8 @@ async def run_handoff(scheduler: Scheduler, *, rotation: str) -> None:
     """The hand-off job (``oncall:handoff:<rotation>``)."""
     service = scheduler.context.get(CONTEXT_KEY)
     if not isinstance(service, OnCall):
-        raise RuntimeError(f"scheduler {scheduler.name!r} has no on-call service in its context")
+        # A wiring mistake, not a bad argument.
+        raise RuntimeError(f"scheduler {scheduler.name!r} has no on-call service in its context")  # noqa: TRY004
     if rotation not in service.rotations:
         log.warning("on-call: hand-off job for rotation %s, which is no longer configured", rotation)
         return

@@ -44,11 +44,11 @@ import inspect
 import json
 import logging
 import traceback
-from threading import TIMEOUT_MAX
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from threading import TIMEOUT_MAX
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 from apscheduler.events import (
     EVENT_JOB_ERROR,
@@ -210,7 +210,7 @@ def _check_ref(func_ref: str) -> None:
     except (ImportError, LookupError, ValueError) as e:
         raise ValueError(f"no job function {func_ref!r}: {e}") from None
     if not callable(fn):
-        raise ValueError(f"{func_ref!r} is not callable")
+        raise ValueError(f"{func_ref!r} is not callable")  # noqa: TRY004 - refused like other bad references
 
 
 def _check_id(job_id: str) -> None:
@@ -299,7 +299,7 @@ class _ClockedScheduler(AsyncIOScheduler):
 
     # A copy of BaseScheduler._process_jobs (APScheduler 3.11) with the clock in place of
     # datetime.now; the rest is unchanged.
-    def _process_jobs(self) -> float | None:  # noqa: C901 - kept close to the original
+    def _process_jobs(self) -> float | None:
         if self.state == STATE_PAUSED:
             return None
         now = self._now()
@@ -310,7 +310,7 @@ class _ClockedScheduler(AsyncIOScheduler):
             for jobstore_alias, jobstore in self._jobstores.items():
                 try:
                     due_jobs = jobstore.get_due_jobs(now)
-                except Exception as e:
+                except Exception as e:  # noqa: BLE001 - as in APScheduler: retry later
                     self._logger.warning("Error getting due jobs from job store %r: %s", jobstore_alias, e)
                     retry_wakeup_time = now + timedelta(seconds=self.jobstore_retry_interval)
                     if not next_wakeup_time or next_wakeup_time > retry_wakeup_time:
@@ -320,7 +320,7 @@ class _ClockedScheduler(AsyncIOScheduler):
                 for job in due_jobs:
                     try:
                         executor = self._lookup_executor(job.executor)
-                    except BaseException:
+                    except BaseException:  # noqa: BLE001 - as in APScheduler
                         self._logger.error('Executor lookup ("%s") failed for job "%s" -- removing it',
                                            job.executor, job)
                         self.remove_job(job.id, jobstore_alias)
@@ -478,7 +478,7 @@ class Scheduler:
         if _LIVE.get(self.name) is self:
             del _LIVE[self.name]
 
-    async def __aenter__(self) -> Scheduler:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
@@ -549,7 +549,7 @@ class Scheduler:
                 if inspect.isawaitable(result):
                     result = await result
             except Exception as exc:
-                log.error("scheduler %s: job %s raised", self.name, job.id, exc_info=True)
+                log.exception("scheduler %s: job %s raised", self.name, job.id)
                 events.append(JobExecutionEvent(EVENT_JOB_ERROR, job.id, _STORE, run_time, exception=exc,
                                                 traceback="".join(traceback.format_exception(exc))))
             else:

@@ -37,8 +37,7 @@ def db_url(tmp_path: Path) -> str:
 @pytest.fixture
 def db(db_url: str) -> Iterator[Database]:
     # Import the table modules so create_all makes their tables.
-    import alerts.escalation  # noqa: F401
-    import alerts.oncall  # noqa: F401
+    from alerts import escalation, oncall  # noqa: F401
 
     database = Database(db_url)
     database.create_all()

@@ -222,8 +222,8 @@ async def test_steps_overdue_after_downtime_fold_into_one_late_page(w: World):
     await w.open()
     await w.engine.resume()
     await w.scheduler.run_due()
-    assert w.pages == [("alerts", f"🚨 <@{A}> <@{C}> <@&{OPS}> — incident #12 is unacknowledged after 40m "
-                                  "(step 2/2, repeat 1/2) — sent 10m late: the bot was not running", [A, C], [OPS])]
+    assert w.pages == [("alerts", (f"🚨 <@{A}> <@{C}> <@&{OPS}> — incident #12 is unacknowledged after 40m "
+                                   "(step 2/2, repeat 1/2) — sent 10m late: the bot was not running"), [A, C], [OPS])]
     assert [u for u, _ in w.notifier.dms] == [A, C]  # step 1 asked for DMs
     assert w.notifier.threads[-1][3] == (f"escalation step 2/2, repeat 1/2: notified <@{A}> (primary), <@{C}> (secondary), "
                                          f"<@&{OPS}> (with 2 overdue notifications folded in)")
@@ -261,8 +261,8 @@ async def test_failed_dms_are_noted_in_the_thread(w: World, notifier: FakeNotifi
 async def test_policy_choice(w: World):
     assert (await w.engine.start(1, "warning", "alerts", "1")).policy == "warning"
     assert await w.engine.start(2, "nonesuch", "alerts", "2") is None
-    assert w.notifier.threads == [("alerts", "2", "Incident #2", "⚠️ no escalation policy `nonesuch` is configured: "
-                                                                 "nobody will be paged")]
+    assert w.notifier.threads == [("alerts", "2", "Incident #2",
+                                   "⚠️ no escalation policy `nonesuch` is configured: nobody will be paged")]
     assert await w.engine.start(3, None, "alerts", "3") is None  # the route names no policy
     assert await w.scheduler.jobs("esc:3:") == []
 

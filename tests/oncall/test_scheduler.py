@@ -11,7 +11,14 @@ import pytest
 from sqlalchemy import inspect as sa_inspect
 
 from commands.db import Database
-from commands.scheduler import JobExists, JobProblem, Scheduler, SchedulerGone, dispatch, live
+from commands.scheduler import (
+    JobExists,
+    JobProblem,
+    Scheduler,
+    SchedulerGone,
+    dispatch,
+    live,
+)
 
 from .conftest import T0, FakeClock
 
