@@ -137,6 +137,15 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _squeeze(lines: list[str], width: int = 120) -> list[str]:
+    """Log lines for a one-line message: clipped, repeats counted (``boom (×3)``)."""
+    out: list[str] = []
+    for line, group in itertools.groupby(_clip(x, width) for x in lines):
+        n = len(list(group))
+        out.append(f"{line} (×{n})" if n > 1 else line)
+    return out
+
+
 def _name(container: dict[str, Any]) -> str:
     """A container's name without Docker's leading slash (inspect or list form)."""
     if "Name" in container:
@@ -221,6 +230,24 @@ def _explanation(err: APIError) -> str:
     if isinstance(text, bytes):  # pragma: no cover - older SDKs
         text = text.decode("utf-8", "replace")
     return _clip(text, 300)
+
+
+def pull_problem(text: str) -> str:
+    """Why a pull failed, in a few words (the daemon's message quotes the whole URL and resolver)."""
+    text = re.sub(r"^Docker at \S+ (?:refused|failed) to pull image \S+(?: \(\d+\))?: |^Docker at \S+: ", "", text)
+    url = re.search(r'"https?://([^/"]+)', text)
+    registry = url[1] if url else "the registry"
+    if m := re.search(r"lookup (\S+?)(?: on \S+)?: no such host", text):
+        return f"{m[1]}: unknown host"
+    if "connection refused" in text:
+        return f"{registry}: connection refused"
+    if "i/o timeout" in text or "Client.Timeout" in text or "TLS handshake timeout" in text:
+        return f"{registry}: no answer"
+    if "pull access denied" in text:
+        return "pull access denied (no such repository, or it needs docker login)"
+    if "manifest unknown" in text or re.search(r"manifest for \S+ not found", text):
+        return f"no such tag in {registry}"
+    return _clip(text, 160)
 
 
 def platform_error(err: BaseException, host: str, what: str, verb: str, timeout: float) -> PlatformError:
@@ -342,9 +369,9 @@ class _Session:
                     images.add(rec.image)
         return fam
 
-    def logs_tail(self, ref: str, lines: int = LOG_LINES_ON_FAILURE) -> list[str]:
+    def logs_tail(self, ref: str, lines: int = 4 * LOG_LINES_ON_FAILURE) -> list[str]:
         try:
-            raw = self.api.logs(ref, tail=lines * 4, timestamps=False)
+            raw = self.api.logs(ref, tail=lines, timestamps=False)
         except (APIError, requests.exceptions.RequestException):
             return []
         text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
@@ -625,8 +652,7 @@ class DockerPlatform:
             raise
         except (PlatformError, TimeoutError) as err:
             why = (f"no answer within {self.pull_timeout:g} s" if isinstance(err, TimeoutError)
-                   else re.sub(r"^Docker at \S+ (?:refused|failed) to pull image \S+(?: \(\d+\))?: |^Docker at \S+: ",
-                               "", str(err)))
+                   else pull_problem(str(err)))
         found = await self._run(target, "read", lambda s: s.local_image(image), what=f"image {image}")
         if found is None:
             raise PlatformError(f"image {image} could not be pulled ({_clip(why, 200)}) and is not on "
@@ -728,7 +754,8 @@ class DockerPlatform:
             if p.state == "failed":
                 lines = [self.redactor.redact(x) for x in s.logs_tail(s.name)]
                 if lines:
-                    p.message = f"{p.message}; last log lines: " + " | ".join(_clip(x, 120) for x in lines)
+                    p.message = (f"{p.message}; last log lines: "
+                                 + " | ".join(_squeeze(lines)[-LOG_LINES_ON_FAILURE:]))
             done = p.state == "complete"
             if done:
                 self._tidy(s, fam, target)

@@ -462,3 +462,69 @@ def test_small_helpers():
     assert parse_time("0001-01-01T00:00:00Z") is None
     t = parse_time("2026-11-30T03:06:05.708863339Z")
     assert t is not None and (t.microsecond, t.utcoffset()) == (708863, timedelta(0))
+
+
+# --------------------------------------------------------------------------- configuration
+
+EXAMPLE = Path(__file__).parents[2] / "config" / "examples" / "docker-dev.yaml"
+
+
+def test_the_docker_example_config_checks_out(monkeypatch):
+    from config.check import check
+
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    result = check(EXAMPLE)
+    assert result.ok and result.settings is not None
+    assert [str(p) for p in result.problems] == [
+        ("warning: services.chat.envs.dev (line 71): no Docker host is given for this target (and 4 more "
+        "docker targets): it uses unix:///var/run/docker.sock; set docker_host (--docker-host, "
+        "OPSBOT_DOCKER_HOST) or the target's host to be sure")]
+    targets = {svc: s.envs["dev"] for svc, s in result.settings.services.items()}
+    assert {svc: t.container for svc, t in targets.items()} == {
+        s: f"{s}-dev" for s in ("chat", "chat-gui", "modbot", "auth", "strims")}
+    assert all(isinstance(t, DockerTarget) for t in targets.values())
+    assert {s.repository for s in result.settings.services.values()} == {
+        f"demo/{s}" for s in ("chat", "chat-gui", "modbot", "auth", "strims")}
+    assert {r.name for r in result.settings.permissions.roles} == {"Admin", "Mod", "On-call", "Member"}
+    flagged = check(EXAMPLE, docker_host="unix:///run/docker.sock")
+    assert flagged.problems == []
+    assert "docker container chat-dev on unix:///run/docker.sock" in flagged.render()
+
+
+def test_check_config_on_docker_targets(tmp_path: Path, monkeypatch):
+    from config.check import check
+
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    path = tmp_path / "opsbot.yaml"
+    path.write_text("""\
+docker_host: /var/run/docker.sock
+services:
+  chat:
+    repository: demo/chat
+    envs:
+      dev: {type: docker, container: chat-dev, health_wait: 5}
+      staging: {type: docker, container: x, host: "foo"}
+      prod: {type: docker, container: chat-dev}
+  auth:
+    repository: demo/auth
+    envs:
+      dev: {type: docker, container: auth-dev--rev2}
+      prod: {namespace: prod, deploymnt: auth}
+""")
+    problems = [str(p) for p in check(path).problems if "permissions" not in p.path]
+    assert problems == [
+        ("error: docker_host (line 1): expected a Docker host URL such as unix:///var/run/docker.sock or "
+        "tcp://10.0.0.5:2376 (schemes: unix, tcp, http, https, ssh, npipe)"),
+        ("error: services.chat.envs.dev.health_wait (line 6): unknown key 'health_wait' "
+        "(did you mean 'health_wait_seconds'?)"),
+        ("error: services.chat.envs.staging.host (line 7): expected a Docker host URL such as "
+        "unix:///var/run/docker.sock or tcp://10.0.0.5:2376 (schemes: unix, tcp, http, https, ssh, npipe)"),
+        ("error: services.chat.envs.staging.container (line 7): a container name has at least 2 characters: "
+        "letters, digits, '_', '.' and '-', starting with a letter or digit"),
+        ("error: services.auth.envs.dev.container (line 12): names ending in --rev<N> are the ones opsbot "
+        "gives replaced containers"),
+        "error: services.auth.envs.prod.deployment (line 13): field required",
+        "error: services.auth.envs.prod.deploymnt (line 13): unknown key 'deploymnt' (did you mean 'deployment'?)",
+        ("warning: services.chat.envs.prod (line 8): same target as services.chat.envs.dev: two names for one "
+        "container"),
+    ]
