@@ -81,6 +81,13 @@ class App:
                 k8s = KubernetesPlatform(settings.kubeconfig)
                 stack.push_async_callback(k8s.close)
                 platforms["kubernetes"] = k8s
+            if any(t.type == "docker" for s in settings.services.values() for t in s.envs.values()):
+                from commands.redact import Redactor
+                from commands.targets.docker import DockerPlatform
+
+                docker_platform = DockerPlatform(settings.docker_host, redactor=Redactor(settings.redact_patterns))
+                stack.push_async_callback(docker_platform.close)
+                platforms["docker"] = docker_platform
 
             supervisor = Supervisor()
             await supervisor.start()

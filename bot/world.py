@@ -142,12 +142,14 @@ async def open_world(
     check_errors: bool = False,
     clock_context: bool = True,
     wall_clock: bool = False,
+    sandbox_timing: Any = None,
     **overrides: Any,
 ) -> AsyncIterator[World]:
     """Start the whole embedded world; stop it all on exit.
 
     Without ``kubeconfig`` (and without one in the settings) an in-process sandbox cluster is
-    started and used. ``settings`` wins over ``config``; both default to the sandbox world.
+    started and used, when any target is on Kubernetes (a Docker-only config needs none).
+    ``settings`` wins over ``config``; both default to the sandbox world.
     """
     async with AsyncExitStack() as stack:
         if data_dir is None:
@@ -156,10 +158,11 @@ async def open_world(
             base = dict(data_dir=data_dir, kubeconfig=kubeconfig, **overrides)
             settings = load_settings(config, **base) if config else sandbox_settings(**base)
         sandbox = None
-        if settings.kubeconfig is None:
+        on_kubernetes = any(t.type == "kubernetes" for s in settings.services.values() for t in s.envs.values())
+        if settings.kubeconfig is None and on_kubernetes:
             from sandbox.server import SandboxServer
 
-            sandbox = stack.enter_context(SandboxServer())
+            sandbox = stack.enter_context(SandboxServer(timing=sandbox_timing))
             settings.kubeconfig = sandbox.write_kubeconfig(Path(data_dir) / "sandbox.kubeconfig")
         app = await stack.enter_async_context(App.open(settings, serve_http=serve_http))
         bot = create_bot(app)

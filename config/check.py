@@ -44,10 +44,12 @@ from pydantic_settings import (
 from commands.permissions import ACTIONS, SCOPED, Grant, Policy, validate_grant
 from config.settings import (
     SERVICE_NAME,
+    DockerTarget,
     PermissionsConfig,
     RoleGrants,
     Settings,
     _YamlSource,
+    docker_host_problem,
     yaml_error_text,
 )
 
@@ -427,6 +429,7 @@ class _Checker:
         if not services:
             self.add("warning", ("services",), "no services configured: deploy, status and logs have nothing to act on")
         targets: dict[tuple[Any, ...], YamlPath] = {}
+        docker_targets: list[YamlPath] = []
         for name, svc in services.items():
             p: YamlPath = ("services", name)
             if isinstance(name, str) and not re.fullmatch(SERVICE_NAME, name):
@@ -456,11 +459,31 @@ class _Checker:
                 if isinstance(target, dict):
                     key = tuple(str(target.get(k)) for k in ("type", "context", "namespace", "deployment", "container"))
                     key = (str(target.get("type", "kubernetes")), *key[1:])
+                    if target.get("type") == "docker":
+                        key = ("docker", str(target.get("host") or self.merged.get("docker_host")), str(target.get("container")))
                     if key in targets:
+                        what = "container" if key[0] == "docker" else "deployment"
                         self.add("warning", ep, f"same target as {_dotted(targets[key], self.merged)}: "
-                                 "two names for one deployment")
+                                 f"two names for one {what}")
                     else:
                         targets[key] = ep
+                    if target.get("type") == "docker":
+                        docker_targets.append(ep)
+        self._docker(services, docker_targets)
+
+    def _docker(self, services: dict[Any, Any], paths: list[YamlPath]) -> None:
+        """Docker hosts: the global one must be a URL; a target with no host anywhere gets a warning."""
+        host = self.merged.get("docker_host")
+        if isinstance(host, str) and (problem := docker_host_problem(host)):
+            self.add("error", ("docker_host",), problem)
+        if host or os.environ.get("DOCKER_HOST"):
+            return
+        hostless = [p for p in paths if not _at(services, p[1:]).get("host")]
+        if hostless:
+            more = f" (and {len(hostless) - 1} more docker targets)" if len(hostless) > 1 else ""
+            self.add("warning", hostless[0], "no Docker host is given for this target" + more + ": it uses "
+                     "unix:///var/run/docker.sock; set docker_host (--docker-host, OPSBOT_DOCKER_HOST) "
+                     "or the target's host to be sure")
 
     def _environments(self, environments: dict[Any, Any], used: dict[str, list[str]]) -> None:
         if not used:
@@ -618,6 +641,13 @@ def _dotted(path: YamlPath, data: Any = None) -> str:
     return out
 
 
+def _at(data: Any, path: YamlPath) -> dict[Any, Any]:
+    """The mapping at ``path`` in ``data`` ({} when there is none)."""
+    for k in path:
+        data = data.get(k) if isinstance(data, dict) else None
+    return data if isinstance(data, dict) else {}
+
+
 def _provides(data: Any, path: YamlPath) -> bool:
     """Whether a source's data sets the value at ``path`` (lists and scalars are set whole)."""
     cur = data
@@ -687,7 +717,7 @@ def _pydantic_problems(exc: ValidationError, data: dict[str, Any]) -> Iterator[t
         if kind == "missing":
             message = "field required"
         elif kind == "extra_forbidden":
-            allowed = _fields_at(path[:-1])
+            allowed = _fields_at(path[:-1], data)
             hint = _suggest(str(path[-1]), allowed) if allowed else None
             message = f"unknown key {path[-1]!r}"
             if hint:
@@ -707,27 +737,32 @@ def _pydantic_problems(exc: ValidationError, data: dict[str, Any]) -> Iterator[t
         yield path, message
 
 
-def _fields_at(path: YamlPath) -> set[str] | None:
-    """The field names of the model at ``path`` in Settings (for "did you mean")."""
+def _fields_at(path: YamlPath, data: Any = None) -> set[str] | None:
+    """The field names of the model at ``path`` in Settings (for "did you mean"); in a union of
+    models (the target types) the one whose ``type`` the data at ``path`` names."""
     tp: Any = Settings
     for k in path:
         tp = _step(tp, k)
         if tp is None:
             return None
-    model = _model_of(tp)
+        data = data.get(k) if isinstance(data, dict) else None
+    tag = data.get("type", "kubernetes") if isinstance(data, dict) else None
+    model = _model_of(tp, tag if isinstance(tag, str) else None)
     return set(model.model_fields) - {"source_file"} if model else None
 
 
-def _model_of(tp: Any) -> type[BaseModel] | None:
+def _model_of(tp: Any, tag: str | None = None) -> type[BaseModel] | None:
     while typing.get_origin(tp) is typing.Annotated:
         tp = typing.get_args(tp)[0]
     if isinstance(tp, type) and issubclass(tp, BaseModel):
         return tp
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        for arg in typing.get_args(tp):
-            m = _model_of(arg)
-            if m:
+        models = [m for m in (_model_of(arg) for arg in typing.get_args(tp)) if m]
+        for m in models:
+            field = m.model_fields.get("type")
+            if tag is not None and field is not None and field.annotation == Literal[tag]:  # type: ignore[valid-type]
                 return m
+        return models[0] if models else None
     return None
 
 
@@ -887,7 +922,11 @@ def _render_services(s: Settings, times: str) -> Iterator[str]:
         if not svc.envs:
             rows.append([name, "-", "(no envs)", svc.repository])
         for env in [e for e in envs if e in svc.envs]:
-            rows.append([name, env, svc.envs[env].describe(), svc.repository])
+            target = svc.envs[env]
+            where = target.describe()
+            if isinstance(target, DockerTarget) and not target.host:
+                where += f" on {s.docker_host or os.environ.get('DOCKER_HOST') or 'unix:///var/run/docker.sock'}"
+            rows.append([name, env, where, svc.repository])
     if rows:
         yield from _table(["service", "env", "target", "repository"], rows)
     else:
