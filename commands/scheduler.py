@@ -27,8 +27,9 @@ warning. A job that passes ``misfire_grace_time=None`` runs however late and can
 **The clock is injectable.** APScheduler itself asks ``datetime.now``; this subclass asks the
 ``clock`` instead when it looks for due jobs and judges misfires, and sleeps on the event loop's
 timer for the difference. With the wall clock nothing changes. Tests pass a fake clock, move it and
-call :meth:`Scheduler.run_due` (no sleeping); under simcord, whose event loop runs on virtual time,
-pass ``env.now`` and the timers follow ``advance_time``.
+call :meth:`Scheduler.run_due` (no sleeping). Under simcord pass ``clock=env.now`` and call
+``run_due()`` after ``env.advance_time(...)``: simcord makes only bot-owned timers virtual, so the
+scheduler's own timer (started outside bot work) still waits in real time.
 
 Limits: APScheduler 3 runs one scheduler per job store; several bot replicas on one database
 would each run every job (run one). Job store reads run on the event loop thread, as in
