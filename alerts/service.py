@@ -122,6 +122,7 @@ class AlertService:
                 severity_label=cfg.severity_label,
                 hidden_labels=tuple(cfg.hidden_labels),
                 watchdog_alertname=cfg.watchdog_alertname,
+                timeline_delay_seconds=cfg.timeline_delay_seconds,
             ),
             clock=clock,
         )

@@ -29,7 +29,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -261,6 +261,7 @@ class StoreOptions:
     hidden_labels: Sequence[str] = ()
     watchdog_alertname: str = "Watchdog"
     timeline_batch_chars: int = 1900
+    timeline_delay_seconds: float = 0.0
 
 
 def group_hash(receiver: str, group_key: str) -> str:
@@ -770,6 +771,12 @@ class AlertStore:
             )
             return a | b | c
 
+    def pending_deliveries(self) -> int:
+        """Incident messages not yet up to date in chat (a gauge for metrics and benches)."""
+        with self._db.session() as session:
+            return int(session.scalar(
+                select(func.count()).select_from(DeliveryRow).where(DeliveryRow.pending.is_(True))) or 0)
+
     def pending_count(self) -> int:
         """Outstanding chat operations of every kind (tests and shutdown wait for 0)."""
         with self._db.session() as session:
@@ -834,48 +841,57 @@ class AlertStore:
                 wake.append(later)
             timeline = self._timeline_candidates(session, channel, now, postable_only=True)
             if timeline:
-                d, inc = timeline[0]
+                d, inc, _ = timeline[0]
                 return self._timeline_work(session, d, inc), None
-            waiting = self._timeline_candidates(session, channel, None, postable_only=False)
-            wake.extend(d.next_attempt_at for d, _ in waiting if d.next_attempt_at is not None)
+            waiting = self._timeline_candidates(session, channel, None, postable_only=True)
+            wake.extend(due for _, _, due in waiting)
             return None, min(wake) if wake else None
 
     def _timeline_candidates(
         self, session: Session, channel: str | None, now: datetime | None, *, postable_only: bool
-    ) -> list[tuple[DeliveryRow, IncidentRow]]:
-        """Primary deliveries with unposted timeline entries whose thread can be written.
+    ) -> list[tuple[DeliveryRow, IncidentRow, datetime]]:
+        """Primary deliveries with unposted timeline entries, and when their batch is due.
 
         A thread is opened once something happened after the firing (two entries or more), so
-        an incident that just fires costs one message, not three calls.
+        an incident that just fires costs one message, not three calls. Entries wait
+        ``timeline_delay`` after the oldest unposted one, so a burst becomes one post.
+        With ``postable_only``, only those whose message exists and is up to date; with ``now``
+        as well, only those due by then.
         """
         unposted = (
-            select(TimelineRow.incident_id)
+            select(TimelineRow.incident_id.label("incident_id"), func.min(TimelineRow.at).label("first_at"))
             .where(TimelineRow.posted.is_(False))
             .group_by(TimelineRow.incident_id)
             .subquery()
         )
+        totals = (
+            select(TimelineRow.incident_id.label("incident_id"), func.count().label("total"))
+            .group_by(TimelineRow.incident_id)
+            .subquery()
+        )
         stmt = (
-            select(DeliveryRow, IncidentRow)
+            select(DeliveryRow, IncidentRow, unposted.c.first_at, totals.c.total)
             .join(IncidentRow, IncidentRow.id == DeliveryRow.incident_id)
             .join(unposted, unposted.c.incident_id == DeliveryRow.incident_id)
+            .join(totals, totals.c.incident_id == DeliveryRow.incident_id)
             .where(DeliveryRow.is_primary.is_(True))
             .order_by(IncidentRow.severity_rank, IncidentRow.id)
         )
         if channel is not None:
             stmt = stmt.where(DeliveryRow.channel == channel)
         out = []
-        for d, inc in session.execute(stmt).all():
+        delay = timedelta(seconds=self.options.timeline_delay_seconds)
+        for d, inc, first_at, total in session.execute(stmt).all():
+            first = _aware(first_at)
+            due = first + delay
+            if d.next_attempt_at is not None and d.next_attempt_at > due:
+                due = d.next_attempt_at
             if postable_only:
-                if d.message_id is None or d.pending:
+                if d.message_id is None or d.pending or (total or 0) < 2:
                     continue
-                if now is not None and d.next_attempt_at is not None and d.next_attempt_at > now:
+                if now is not None and due > now:
                     continue
-                total = session.scalar(
-                    select(func.count()).select_from(TimelineRow).where(TimelineRow.incident_id == inc.id)
-                )
-                if (total or 0) < 2:
-                    continue
-            out.append((d, inc))
+            out.append((d, inc, due))
         return out
 
     def _timeline_work(self, session: Session, d: DeliveryRow, inc: IncidentRow) -> TimelineWork:
@@ -1062,6 +1078,13 @@ class AlertStore:
             cutoff = self._clock() - older_than
             result = session.execute(delete(ReceiptRow).where(ReceiptRow.received_at < cutoff))
             return int(getattr(result, "rowcount", 0) or 0)
+
+
+def _aware(value: datetime | str) -> datetime:
+    """An aggregate's datetime (SQLite hands back naive UTC, or text on some drivers) as aware UTC."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _ended(a: ApiAlert, now: datetime) -> bool:

@@ -457,6 +457,9 @@ class AlertsConfig(_Model):
     send_rate_seconds: float = Field(5.0, gt=0, le=3600)
     retry_initial_seconds: float = Field(1.0, gt=0, le=600)
     retry_max_seconds: float = Field(300.0, gt=0, le=86400)
+    timeline_delay_seconds: float = Field(
+        5.0, ge=0, le=600, description="timeline entries wait this long so a burst becomes one thread post"
+    )
     silence_buttons: list[Annotated[str, Field(pattern=SHORT_DURATION)]] = Field(
         default_factory=lambda: ["1h", "4h", "24h"], max_length=4, description="durations of the Silence buttons"
     )

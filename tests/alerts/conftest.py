@@ -231,6 +231,7 @@ def make_settings(tmp_path: Path, **alerts: Any) -> Settings:
         "retry_initial_seconds": 0.01,
         "retry_max_seconds": 0.05,
         "watchdog_minutes": 0,
+        "timeline_delay_seconds": 0,
     }
     defaults.update(alerts)
     return Settings(

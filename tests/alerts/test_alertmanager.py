@@ -296,7 +296,12 @@ async def test_rejections_and_5xx_are_typed(tmp_path: Path) -> None:
 
 async def test_basic_auth_from_alertmanager(tmp_path: Path) -> None:
     """Alertmanager's basic_auth http_config works against the intake too."""
-    from tests.alerts.conftest import TOKEN, alertmanager_config, start_alertmanager, stop_alertmanager
+    from tests.alerts.conftest import (
+        TOKEN,
+        alertmanager_config,
+        start_alertmanager,
+        stop_alertmanager,
+    )
 
     webhook_port = free_port()
     config = alertmanager_config(f"http://127.0.0.1:{webhook_port}/alerts/alertmanager", TOKEN, group_by=["alertname"])
@@ -317,7 +322,11 @@ async def test_basic_auth_from_alertmanager(tmp_path: Path) -> None:
 
 
 async def test_wrong_token_from_alertmanager_is_401_and_retried(tmp_path: Path) -> None:
-    from tests.alerts.conftest import alertmanager_config, start_alertmanager, stop_alertmanager
+    from tests.alerts.conftest import (
+        alertmanager_config,
+        start_alertmanager,
+        stop_alertmanager,
+    )
 
     webhook_port = free_port()
     config = alertmanager_config(f"http://127.0.0.1:{webhook_port}/alerts/alertmanager", "wrong-token",

@@ -337,3 +337,19 @@ async def test_the_database_failing_under_a_sender_does_not_kill_it(tmp_path: Pa
         assert len(h.notifier.messages) == 1
     finally:
         await close_harness(h)
+
+
+async def test_a_burst_of_timeline_entries_becomes_one_post(tmp_path: Path) -> None:
+    h = await open_harness(tmp_path, timeline_delay_seconds=0.5)
+    try:
+        await h.post(payload([alert(instance="a")]))
+        await h.post(payload([alert(instance="a"), alert(instance="b")]))
+        await h.service.ack(1, 7, "oncall")
+        await h.post(payload([alert(instance="a"), alert(instance="b"), alert(instance="c")]))
+        started = time.monotonic()
+        await h.service.wait_idle(10)
+        assert time.monotonic() - started >= 0.3
+        [m] = h.notifier.messages.values()
+        assert len(m.thread) == 1 and m.thread[0].count("\n") == 3  # fired, joined, acked, joined
+    finally:
+        await close_harness(h)
