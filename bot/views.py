@@ -183,8 +183,9 @@ class ConfirmView(discord.ui.View):
         if self.app.pending.pop(pending.key) is None:
             return  # answered in the meantime
         for item in self.children:
-            if isinstance(item, discord.ui.Button):
-                item.disabled = True
+            button = item.item if isinstance(item, discord.ui.DynamicItem) else item
+            if isinstance(button, discord.ui.Button):
+                button.disabled = True
         if pending.message is not None:
             try:
                 await pending.message.edit(content=f"⌛ {pending.summary} — expired after {CONFIRM_SECONDS} s; "
