@@ -182,7 +182,21 @@ def dockerd() -> Iterator[DockerHost]:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=10)
+        _unmount_under(base)
         shutil.rmtree(base, ignore_errors=True)
+
+
+def _unmount_under(base: Path) -> None:
+    """dockerd leaves its default network namespace bind-mounted in the exec root: unmount what
+    is mounted under ``base`` (deepest first), or the directory cannot be removed."""
+    prefix = str(base) + "/"
+    try:
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return
+    points = [line.split()[1].replace("\\040", " ") for line in mounts if len(line.split()) > 1]
+    for point in sorted((m for m in points if m.startswith(prefix)), key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True, timeout=30, check=False)
 
 
 @pytest.fixture
