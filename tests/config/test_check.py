@@ -63,7 +63,7 @@ CASES: list[tuple[str, str, list[str]]] = [
     (
         "unknown target type",
         VALID.replace("{namespace: prod, deployment: chat}", "{type: nomad, namespace: prod, deployment: chat}"),
-        ["error: services.chat.envs.prod (line 5): unknown target type 'nomad'; expected 'kubernetes'"],
+        ["error: services.chat.envs.prod (line 5): unknown target type 'nomad'; expected 'kubernetes', 'docker'"],
     ),
     (
         "service without envs",
@@ -121,10 +121,10 @@ CASES: list[tuple[str, str, list[str]]] = [
     (
         "unknown top-level key",
         "frobnicate: 3\n" + VALID,
-        ["error: frobnicate (line 1): unknown key 'frobnicate'; expected one of: alertmanager_url, "
+        ["error: frobnicate (line 1): unknown key 'frobnicate'; expected one of: alertmanager_url, alerts, "
          "channels, command_prefix, data_dir, database_url, discord_token, docker_host, environments, guild_id, "
-         "kubeconfig, permissions, prometheus_url, promotion, redact_patterns, services, timezone, webhook_listen, "
-         "webhook_token"],
+         "kubeconfig, oncall, permissions, prometheus_url, promotion, redact_patterns, rollout_poll_seconds, "
+         "scheduler, services, timezone, webhook_listen, webhook_token"],
     ),
     (
         "unknown action in a grant",
