@@ -95,7 +95,8 @@ def _detail_embed(s: TargetState, now: datetime) -> discord.Embed:
         e.add_field(name="Replicas", value=f"{s.ready}/{s.desired} ready", inline=True)
         e.add_field(name="Rollout", value=clip(
             f"{_ROLLOUT_ICON.get(s.rollout, '')} {s.rollout}"
-            + (f" — {s.rollout_message}" if s.rollout_message and s.rollout != "complete" else ""),
+            + (f" — {s.rollout_message}" if s.rollout_message and (s.rollout != "complete" or s.platform == "docker")
+               else ""),
             MAX_FIELD_VALUE), inline=True)
         e.add_field(name="Up to date", value=f"{s.updated} updated · {s.available} available", inline=True)
         e.add_field(name="Restarts", value=str(s.restarts), inline=True)
