@@ -4,8 +4,8 @@ Each channel has one sender, so one incident's message is only ever written by o
 asks the store for its most urgent due operation (notices, then messages most severe first and
 new before edits, then timeline batches), renders it from the incident's state *now* (so ten
 changes while the channel was busy become one edit), takes a token from the channel's bucket
-(``send_rate_operations`` per ``send_rate_seconds``, on top of discord.py's own rate-limit
-handling) and calls the :class:`~alerts.notify.Notifier`.
+(at most ``send_rate_operations`` in any ``send_rate_seconds``, on top of discord.py's own
+rate-limit handling) and calls the :class:`~alerts.notify.Notifier`.
 
 Failures: a retryable :class:`~alerts.notify.SendError` retries that operation with exponential
 backoff (or after ``retry_after``, which also pauses the channel); a non-retryable one gives up on
@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
 from typing import Any, TypeVar
@@ -38,29 +38,35 @@ T = TypeVar("T")
 DbRun = Callable[..., Awaitable[Any]]
 
 
-class TokenBucket:
-    """``capacity`` operations at once, refilled at ``capacity / per_seconds`` a second."""
+class RateLimiter:
+    """At most ``operations`` in any window of ``per_seconds`` (Discord counts in windows too).
 
-    def __init__(self, capacity: int, per_seconds: float, *, clock: Callable[[], float] = time.monotonic) -> None:
-        self.capacity = float(capacity)
-        self.rate = capacity / per_seconds
-        self._tokens = float(capacity)
+    A token bucket refilling at ``operations / per_seconds`` would allow a burst and then one
+    more a second, which Discord's per-channel window (5 per 5 s) answers with 429s.
+    """
+
+    def __init__(self, operations: int, per_seconds: float, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.operations = operations
+        self.per_seconds = per_seconds
         self._clock = clock
-        self._stamp = clock()
+        self._recent: deque[float] = deque()
 
-    def _refill(self) -> None:
-        now = self._clock()
-        self._tokens = min(self.capacity, self._tokens + (now - self._stamp) * self.rate)
-        self._stamp = now
+    def _trim(self, now: float) -> None:
+        while self._recent and self._recent[0] <= now - self.per_seconds:
+            self._recent.popleft()
 
     def delay(self) -> float:
-        """Seconds until a token is free (0 when one is)."""
-        self._refill()
-        return 0.0 if self._tokens >= 1 else (1 - self._tokens) / self.rate
+        """Seconds until an operation may start (0 when one may now)."""
+        now = self._clock()
+        self._trim(now)
+        if len(self._recent) < self.operations:
+            return 0.0
+        return self._recent[0] + self.per_seconds - now
 
     def take(self) -> None:
-        self._refill()
-        self._tokens -= 1
+        now = self._clock()
+        self._trim(now)
+        self._recent.append(now)
 
 
 class Outbox:
@@ -93,7 +99,7 @@ class Outbox:
         self._clock = clock
         self._events: dict[str, asyncio.Event] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._buckets: dict[str, TokenBucket] = {}
+        self._buckets: dict[str, RateLimiter] = {}
         self._paused_until: dict[str, float] = {}
         self._busy: set[str] = set()
         self._stopping = asyncio.Event()
@@ -114,7 +120,7 @@ class Outbox:
         for channel in channels:
             if channel not in self._tasks or self._tasks[channel].done():
                 self._events[channel] = asyncio.Event()
-                self._buckets.setdefault(channel, TokenBucket(*self._rate))
+                self._buckets.setdefault(channel, RateLimiter(*self._rate))
                 self._tasks[channel] = asyncio.get_running_loop().create_task(
                     self._sender(channel), name=f"alerts-sender:{channel}"
                 )
@@ -232,7 +238,7 @@ class Outbox:
             if e.retry_after is not None:
                 self._paused_until[channel] = asyncio.get_running_loop().time() + delay
             log.warning("incident #%s: sending to %s failed (%s); retry in %.1fs", incident, channel, e, delay)
-            await self._db_run(self._store.message_failed, work.delivery_id, str(e), delay, work.version)
+            await self._db_run(self._store.message_failed, work.delivery_id, str(e), delay, work.version, True)
         except asyncio.CancelledError:
             raise
         except Exception as e:

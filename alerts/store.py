@@ -939,14 +939,22 @@ class AlertStore:
             inc = session.get(IncidentRow, d.incident_id)
             d.pending = inc is not None and inc.version > d.sent_version and d.gave_up_version != inc.version
 
-    def message_failed(self, delivery_id: int, error: str, delay: float | None, version: int) -> int:
-        """A failed send or edit: retry after ``delay`` seconds, or give up on ``version`` (None)."""
+    def message_failed(
+        self, delivery_id: int, error: str, delay: float | None, version: int, definite: bool = False
+    ) -> int:
+        """A failed send or edit: retry after ``delay`` seconds, or give up on ``version`` (None).
+
+        ``definite``: chat said no (a SendError), so a create did not happen; otherwise (any other
+        exception) it may have, and the in-flight mark stays for the log after a restart.
+        """
         with self._write, self._db.session() as session:
             d = session.get(DeliveryRow, delivery_id)
             if d is None:
                 return 0
             d.attempts += 1
             d.last_error = error[:500]
+            if definite:
+                d.create_started_at = None
             if delay is None:
                 d.gave_up_version = version
                 d.sent_version = max(d.sent_version, version)

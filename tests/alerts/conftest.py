@@ -94,6 +94,7 @@ class RecordingNotifier:
     def __init__(self, delay: float = 0.0) -> None:
         self.messages: dict[str, Posted] = {}
         self.calls: list[tuple[str, str, str]] = []  # (op, channel, message id)
+        self.times: list[float] = []  # loop time of each call in ``calls``
         self.notices: list[tuple[str, str]] = []
         self._ids = itertools.count(1000)
         self._failures: list[Exception] = []
@@ -120,6 +121,7 @@ class RecordingNotifier:
         else:
             self.notices.append((channel, message.content))
         self.calls.append(("send", channel, mid))
+        self.times.append(asyncio.get_running_loop().time())
         self.changed.set()
         return mid
 
@@ -132,6 +134,7 @@ class RecordingNotifier:
         posted.edits += 1
         posted.history.append(message)
         self.calls.append(("edit", channel, message_id))
+        self.times.append(asyncio.get_running_loop().time())
         self.changed.set()
 
     async def thread_post(self, channel: str, message_id: str, thread_name: str, text: str) -> str:
@@ -141,6 +144,7 @@ class RecordingNotifier:
             raise MessageGone()
         posted.thread.append(text)
         self.calls.append(("thread", channel, message_id))
+        self.times.append(asyncio.get_running_loop().time())
         self.changed.set()
         return f"thread-{message_id}"
 
