@@ -22,6 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from commands.logs import LogQuery, merge
+from commands.models import RolloutProgress
 from commands.targets.base import Conflict, NotFound, PlatformError, Unreachable
 from commands.targets.kubernetes import (
     CHANGE_CAUSE,
@@ -32,7 +33,8 @@ from commands.targets.kubernetes import (
 )
 from config.settings import KubernetesTarget
 from sandbox.cluster import DEPLOYMENTS, PODS, REPLICASETS, Cluster, Obj
-from sandbox.seed import NODES, pod_for, replicaset_for
+from sandbox.controller import Timing, install
+from sandbox.seed import NODES, PROGRESS_DEADLINE, pod_for, replicaset_for, seed
 from sandbox.server import SandboxServer
 from tests.conftest import require_program
 
@@ -44,7 +46,9 @@ def target(deployment: str = "chat-gui", namespace: str = "prod",
 
 @pytest.fixture
 def sandbox() -> Iterator[SandboxServer]:
-    with SandboxServer() as server:
+    """The seeded world without controllers: what a test writes stays as written, so tests can
+    play the deployment controller by hand (see the end of the file for the real ones)."""
+    with SandboxServer(cluster=seed(Cluster())) as server:
         yield server
 
 
@@ -376,7 +380,7 @@ async def test_rollback_writes_what_kubectl_rollout_undo_writes(
         sandbox: SandboxServer, k8s: KubernetesPlatform, tmp_path: Path,
         revision: int | None) -> None:
     kubectl = require_program("kubectl")
-    with SandboxServer() as twin:  # the same seeded world, undone by kubectl
+    with SandboxServer(cluster=seed(Cluster())) as twin:  # the same world, undone by kubectl
         for cluster in (sandbox.cluster, twin.cluster):
             _decorate(cluster)
         args = ["rollout", "undo", "deploy/chat-gui", "-n", "prod"]
@@ -802,3 +806,99 @@ async def test_a_broken_kubeconfig_is_a_platform_error(tmp_path: Path) -> None:
     with pytest.raises(PlatformError) as err:
         await platform.history("chat-gui", "prod", target())
     assert str(err.value).startswith(f"kubeconfig {tmp_path / 'absent'}")
+
+
+# --------------------------------------------------------------------------- with the controllers
+
+
+@pytest.fixture
+def live() -> Iterator[SandboxServer]:
+    """The seeded world with the sandbox's controllers at 20x speed (the seeded 60 s progress
+    deadline passes in 3 s), ticking every 50 ms."""
+    cluster = seed(Cluster())
+    install(cluster, Timing.fast(SPEED))
+    with SandboxServer(cluster=cluster, tick_interval=0.05) as server:
+        yield server
+
+
+@pytest.fixture
+async def live_k8s(live: SandboxServer, tmp_path: Path) -> AsyncIterator[KubernetesPlatform]:
+    platform = KubernetesPlatform(live.write_kubeconfig(tmp_path / "kubeconfig"))
+    yield platform
+    await platform.close()
+
+
+SPEED = 20.0
+DEADLINE_REAL = PROGRESS_DEADLINE / SPEED  # the seeded progressDeadlineSeconds, in real seconds
+
+
+async def _watch(platform: KubernetesPlatform, generation: int, *, timeout: float = 20,
+                 t: KubernetesTarget | None = None) -> tuple[list[RolloutProgress], float]:
+    """Poll progress every 0.1 s until done; every look, and the seconds it took."""
+    started = time.monotonic()
+    seen: list[RolloutProgress] = []
+    while time.monotonic() - started < timeout:
+        seen.append(await platform.progress("chat-gui", "prod", t or target(), generation))
+        if seen[-1].done:
+            return seen, time.monotonic() - started
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"not done after {timeout} s: {seen[-1]}")
+
+
+async def test_a_good_version_rolls_out_to_complete(live: SandboxServer,
+                                                    live_k8s: KubernetesPlatform) -> None:
+    generation = await live_k8s.set_image("chat-gui", "prod", target(),
+                                          "registry.local/dgg/chat-gui:v1.5.0", "opsbot: deploy v1.5.0")
+    seen, seconds = await _watch(live_k8s, generation)
+    last = seen[-1]
+    assert (last.state, last.revision, last.desired, last.updated, last.available, last.old) == (
+        "complete", 4, 3, 3, 3, 0)
+    assert not seen[0].observed and all(p.state == "progressing" for p in seen[:-1])
+    updated = [p.updated for p in seen if p.observed]
+    assert updated == sorted(updated) and updated[0] < 3  # rolled, not swapped at once
+    assert seconds < 10, seconds
+    history = await live_k8s.history("chat-gui", "prod", target())
+    assert [(r.revision, r.version, r.current) for r in history][-2:] == [
+        (3, "v1.4.0", False), (4, "v1.5.0", True)]
+    assert history[-1].change_cause == "opsbot: deploy v1.5.0" and history[-1].replicas == 3
+    state = await live_k8s.get_state("chat-gui", "prod", target())
+    assert state.healthy and state.version == "v1.5.0" and state.revision == 4
+
+
+async def test_a_broken_version_fails_early_and_rolls_back(live: SandboxServer,
+                                                           live_k8s: KubernetesPlatform) -> None:
+    generation = await live_k8s.set_image("chat-gui", "prod", target(),
+                                          "registry.local/dgg/chat-gui:v1.5.0-broken", "broken")
+    seen, seconds = await _watch(live_k8s, generation)
+    failed = seen[-1]
+    assert (failed.state, failed.reason, failed.revision) == ("failed", "CrashLoopBackOff", 4)
+    assert seconds < DEADLINE_REAL, seconds  # before the deadline, by the pods
+    new_rs = next(rs["metadata"]["name"] for rs in live.cluster.list(REPLICASETS, "prod", "app=chat-gui")[0]
+                  if rs["metadata"]["annotations"][REVISION] == "4")
+    assert failed.failing_pods and all(p.startswith(f"{new_rs}-") for p in failed.failing_pods)
+    assert failed.message and failed.message.startswith(
+        f"{failed.failing_pods[0]}: back-off restarting failed container (")
+    assert failed.available == 3  # the old pods still serve
+
+    back_to, generation = await live_k8s.rollback("chat-gui", "prod", target(), None, "undo broken")
+    assert (back_to.revision, back_to.version) == (3, "v1.4.0")
+    seen, _ = await _watch(live_k8s, generation)
+    assert (seen[-1].state, seen[-1].revision) == ("complete", 5)  # revision 3 comes back as 5
+    history = await live_k8s.history("chat-gui", "prod", target())
+    assert [(r.revision, r.version, r.current, r.change_cause) for r in history] == [
+        (1, "v1.2.0", False, "opsbot: deploy chat-gui v1.2.0 by admin in #ops"),
+        (2, "v1.3.0", False, "opsbot: deploy chat-gui v1.3.0 by mod in #ops"),
+        (4, "v1.5.0-broken", False, "broken"),
+        (5, "v1.4.0", True, "undo broken")]
+    assert all(p.version == "v1.4.0" and p.ready for p in
+               (await live_k8s.get_state("chat-gui", "prod", target())).pods)
+
+
+async def test_an_unpullable_image_fails_early(live: SandboxServer,
+                                               live_k8s: KubernetesPlatform) -> None:
+    generation = await live_k8s.set_image("chat-gui", "prod", target(),
+                                          "registry.local/dgg/chat-gui:v9-missing", "typo")
+    seen, seconds = await _watch(live_k8s, generation)
+    assert seen[-1].state == "failed" and seen[-1].reason in ("ErrImagePull", "ImagePullBackOff")
+    assert "cannot pull image registry.local/dgg/chat-gui:v9-missing" in (seen[-1].message or "")
+    assert seconds < DEADLINE_REAL, seconds
