@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import json
 import signal
 import tempfile
@@ -27,7 +28,9 @@ from typing import Any
 
 from aiohttp import web
 
+from sandbox import logs
 from sandbox.cluster import (
+    PODS,
     ApiError,
     Cluster,
     Obj,
@@ -37,6 +40,7 @@ from sandbox.cluster import (
     merge_patch,
     strategic_merge_patch,
 )
+from sandbox.controller import Controllers, Timing, install, running
 from sandbox.kubeconfig import write_kubeconfig
 from sandbox.seed import seed
 
@@ -48,6 +52,7 @@ PATCHES: dict[str, Callable[[Obj, Any], Obj]] = {
 KUBERNETES_VERSION = ("1", "32")
 AGGREGATED_DISCOVERY = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
 DEFAULT_WATCH_TIMEOUT = 1800.0
+FOLLOW_POLL = 0.25  # seconds between looks at a followed container
 
 
 # --------------------------------------------------------------------------- paths
@@ -107,12 +112,21 @@ def _group_versions(cluster: Cluster) -> dict[str, list[str]]:
     return groups
 
 
-def _api_resource(kind: ResourceKind) -> Obj:
-    return {
+def _api_resources(kind: ResourceKind) -> list[Obj]:
+    """The kind and its subresources (``deployments/scale``), as legacy discovery lists them."""
+    resources = [{
         "name": kind.resource, "singularName": kind.singular, "namespaced": kind.namespaced,
         "kind": kind.kind, "verbs": list(kind.verbs), "shortNames": list(kind.short_names),
         "categories": list(kind.categories),
-    }
+    }]
+    for sub in kind.subresources:
+        entry: Obj = {"name": f"{kind.resource}/{sub.name}", "singularName": "",
+                      "namespaced": kind.namespaced, "kind": sub.kind or kind.kind,
+                      "verbs": list(sub.verbs)}
+        if sub.group is not None:
+            entry |= {"group": sub.group, "version": sub.version}
+        resources.append(entry)
+    return resources
 
 
 def resource_list(cluster: Cluster, group: str, version: str) -> Obj:
@@ -120,8 +134,8 @@ def resource_list(cluster: Cluster, group: str, version: str) -> Obj:
     gv = f"{group}/{version}" if group else version
     return {
         "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv,
-        "resources": [_api_resource(k) for k in cluster.kinds
-                      if (k.group, k.version) == (group, version)],
+        "resources": [r for k in cluster.kinds if (k.group, k.version) == (group, version)
+                      for r in _api_resources(k)],
     }
 
 
@@ -150,7 +164,7 @@ def aggregated_discovery(cluster: Cluster, core: bool) -> Obj:
 
 
 def _discovered(kind: ResourceKind) -> Obj:
-    return {
+    discovered: Obj = {
         "resource": kind.resource,
         "responseKind": {"group": kind.group, "version": kind.version, "kind": kind.kind},
         "scope": "Namespaced" if kind.namespaced else "Cluster",
@@ -159,6 +173,15 @@ def _discovered(kind: ResourceKind) -> Obj:
         "shortNames": list(kind.short_names),
         "categories": list(kind.categories),
     }
+    if kind.subresources:
+        discovered["subresources"] = [{
+            "subresource": sub.name,
+            "responseKind": {"group": kind.group if sub.group is None else sub.group,
+                             "version": sub.version or kind.version,
+                             "kind": sub.kind or kind.kind},
+            "verbs": list(sub.verbs),
+        } for sub in kind.subresources]
+    return discovered
 
 
 # --------------------------------------------------------------------------- tables
@@ -396,6 +419,18 @@ class KubernetesApi:
             ("PATCH", "object"): self.patch,
             ("DELETE", "object"): self.delete,
         }
+        scale: dict[str, Handler] = {"GET": self.get_scale, "PUT": self.replace_scale,
+                                     "PATCH": self.patch_scale}
+        status: dict[str, Handler] = {"GET": self.get, "PUT": self.replace_status,
+                                      "PATCH": self.patch_status}
+        self._subresources: dict[tuple[str, str], dict[str, Handler]] = {
+            ("pods", "log"): {"GET": self.pod_log},
+            ("pods", "status"): status,
+            ("deployments", "scale"): scale,
+            ("deployments", "status"): status,
+            ("replicasets", "scale"): scale,
+            ("replicasets", "status"): status,
+        }
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=8 * 1024 * 1024)
@@ -458,9 +493,14 @@ class KubernetesApi:
             if request.method != "GET":
                 return _method_not_allowed(request)
             return web.json_response(resource_list(self.cluster, target.group, target.version))
-        handler = self._handlers.get((request.method, target.scope))
-        if handler is None and target.scope == "subresource":  # none served yet
-            return _error(_NO_RESOURCE)
+        if target.scope == "subresource":
+            assert target.subresource
+            served = self._subresources.get((target.kind.resource, target.subresource))
+            if served is None:
+                return _error(_NO_RESOURCE)
+            handler = served.get(request.method)
+        else:
+            handler = self._handlers.get((request.method, target.scope))
         if handler is None:
             return _method_not_allowed(request)
         try:
@@ -513,25 +553,114 @@ class KubernetesApi:
 
     async def patch(self, request: web.Request, target: ApiPath) -> web.StreamResponse:
         assert target.kind and target.name
-        apply = PATCHES.get(request.content_type)
-        if apply is None:
-            raise ApiError(415, "UnsupportedMediaType",
-                           f"the body of the request was in an unknown format - accepted media "
-                           f"types include: {', '.join(PATCHES)}")
-        patch = await _json(request)
+        change = await _patcher(request)
+        return web.json_response(
+            self.cluster.modify(target.kind, target.namespace, target.name, change))
+
+    # ----------------------------------------------------------------- /status
+
+    async def replace_status(self, request: web.Request, target: ApiPath) -> web.StreamResponse:
+        """PUT …/status: only the status changes (a stale resourceVersion is a Conflict)."""
+        assert target.kind and target.name
+        body = await _body(request)
+        given = (body.get("metadata") or {}).get("resourceVersion")
 
         def change(obj: Obj) -> Obj:
-            try:
-                patched = apply(obj, patch)
-                if not isinstance(patched, dict):
-                    raise PatchError("the patched document is not an object")
-                return patched
-            except PatchError as err:
-                raise ApiError(422, "Invalid", f"the server rejected our request due to an error "
-                                               f"in our request: {err}") from None
+            if given and given != obj["metadata"]["resourceVersion"]:
+                raise ApiError.conflict(target.kind, target.name)  # type: ignore[arg-type]
+            obj["status"] = body.get("status") or {}
+            return obj
 
         return web.json_response(
             self.cluster.modify(target.kind, target.namespace, target.name, change))
+
+    async def patch_status(self, request: web.Request, target: ApiPath) -> web.StreamResponse:
+        """PATCH …/status: the patch applies to the object, but only its status is kept."""
+        assert target.kind and target.name
+        patch = await _patcher(request)
+
+        def change(obj: Obj) -> Obj:
+            obj["status"] = patch(copy.deepcopy(obj)).get("status") or {}
+            return obj
+
+        return web.json_response(
+            self.cluster.modify(target.kind, target.namespace, target.name, change))
+
+    # ----------------------------------------------------------------- /scale
+
+    async def get_scale(self, request: web.Request, target: ApiPath) -> web.StreamResponse:
+        assert target.kind and target.name
+        return web.json_response(scale_of(self.cluster.get(target.kind, target.namespace,
+                                                           target.name)))
+
+    async def replace_scale(self, request: web.Request, target: ApiPath) -> web.StreamResponse:
+        """PUT …/scale with an autoscaling/v1 Scale (``kubectl scale --current-replicas``)."""
+        assert target.kind and target.name
+        body = await _body(request)
+        given = (body.get("metadata") or {}).get("resourceVersion")
+
+        def change(obj: Obj) -> Obj:
+            if given and given != obj["metadata"]["resourceVersion"]:
+                raise ApiError.conflict(target.kind, target.name)  # type: ignore[arg-type]
+            return _scaled(obj, body, target)
+
+        updated = self.cluster.modify(target.kind, target.namespace, target.name, change)
+        return web.json_response(scale_of(updated))
+
+    async def patch_scale(self, request: web.Request, target: ApiPath) -> web.StreamResponse:
+        """PATCH …/scale (what ``kubectl scale`` sends: a merge patch of spec.replicas)."""
+        assert target.kind and target.name
+        patch = await _patcher(request)
+
+        def change(obj: Obj) -> Obj:
+            return _scaled(obj, patch(scale_of(obj)), target)
+
+        updated = self.cluster.modify(target.kind, target.namespace, target.name, change)
+        return web.json_response(scale_of(updated))
+
+    # ----------------------------------------------------------------- pods/log
+
+    async def pod_log(self, request: web.Request, target: ApiPath) -> web.StreamResponse:
+        """GET …/pods/{name}/log: the kubelet's answer, streamed; ``follow`` until the client
+        goes, the container ends or the server stops."""
+        assert target.name and target.namespace
+        now = self.cluster.now()
+        options = logs.LogOptions.from_query(request.query, now)
+        pod = self.cluster.get(PODS, target.namespace, target.name)
+        run = logs.select_run(pod, options)
+        container = logs.container_name(pod, options.container)
+        response = web.StreamResponse(headers={"Content-Type": "text/plain"})
+        await response.prepare(request)
+        if run is None:
+            return response
+        budget = options.limit_bytes
+        first, position, regular = run.window(now, options)
+        try:
+            budget = await _send_log(response, run, first, position, regular, options, budget)
+            while options.follow and (budget is None or budget > 0):
+                if await self._closing_within(FOLLOW_POLL) or _gone(request):
+                    break
+                now = self.cluster.now()
+                try:
+                    current_pod: Obj | None = self.cluster.get(PODS, target.namespace, target.name)
+                except ApiError:
+                    current_pod = None
+                finished = logs.ended(current_pod, run, container, now)
+                current = finished or run
+                _, end, regular = current.window(now, logs.LogOptions())
+                first = min(position, regular)  # lines written past its end: the trace, at least
+                budget = await _send_log(response, current, first, end, regular, options, budget)
+                position = end
+                if finished:
+                    break
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        return response
+
+    async def _closing_within(self, seconds: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.closing.wait(), seconds)
+        return self.closing.is_set()
 
     async def delete(self, request: web.Request, target: ApiPath) -> web.StreamResponse:
         """DELETE; dependents follow unless propagationPolicy (query or DeleteOptions) is Orphan."""
@@ -612,6 +741,73 @@ class KubernetesApi:
         return getter.result() if getter in done else None
 
 
+def scale_of(obj: Obj) -> Obj:
+    """The autoscaling/v1 Scale of a Deployment or ReplicaSet."""
+    meta = obj["metadata"]
+    spec = obj.get("spec") or {}
+    replicas = spec.get("replicas")
+    return {
+        "kind": "Scale", "apiVersion": "autoscaling/v1",
+        "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion",
+                                         "creationTimestamp") if k in meta},
+        "spec": {"replicas": 1 if replicas is None else replicas},
+        "status": {"replicas": (obj.get("status") or {}).get("replicas", 0),
+                   "selector": format_selector(spec.get("selector")).replace("<none>", "")},
+    }
+
+
+def _scaled(obj: Obj, scale: Obj, target: ApiPath) -> Obj:
+    assert target.kind and target.name
+    replicas = (scale.get("spec") or {}).get("replicas")
+    if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
+        raise ApiError(422, "Invalid", f'Scale.autoscaling "{target.name}" is invalid: '
+                                       f"spec.replicas: Invalid value: {json.dumps(replicas)}: "
+                                       "must be greater than or equal to 0",
+                       {"name": target.name, "group": "autoscaling", "kind": "Scale",
+                        "causes": [{"reason": "FieldValueInvalid", "field": "spec.replicas",
+                                    "message": "Invalid value: must be greater than or equal "
+                                               "to 0"}]})
+    obj.setdefault("spec", {})["replicas"] = replicas
+    return obj
+
+
+async def _patcher(request: web.Request) -> Callable[[Obj], Obj]:
+    """The request's patch (JSON, merge or strategic merge, by Content-Type) as a function."""
+    apply = PATCHES.get(request.content_type)
+    if apply is None:
+        raise ApiError(415, "UnsupportedMediaType",
+                       f"the body of the request was in an unknown format - accepted media "
+                       f"types include: {', '.join(PATCHES)}")
+    patch = await _json(request)
+
+    def change(obj: Obj) -> Obj:
+        try:
+            patched = apply(obj, patch)
+            if not isinstance(patched, dict):
+                raise PatchError("the patched document is not an object")
+            return patched
+        except PatchError as err:
+            raise ApiError(422, "Invalid", f"the server rejected our request due to an error "
+                                           f"in our request: {err}") from None
+
+    return change
+
+
+async def _send_log(response: web.StreamResponse, run: logs.Run, first: int, end: int,
+                    regular: int, options: logs.LogOptions, budget: int | None) -> int | None:
+    """Write entries ``first``..``end``; returns what is left of a limitBytes budget."""
+    for chunk in logs.render(run, first, end, regular, timestamps=options.timestamps,
+                             limit_bytes=budget):
+        await response.write(chunk)
+        if budget is not None:
+            budget -= len(chunk)
+    return budget
+
+
+def _gone(request: web.Request) -> bool:
+    return request.transport is None or request.transport.is_closing()
+
+
 def _wants_aggregated(request: web.Request) -> bool:
     return "as=APIGroupDiscoveryList" in request.headers.get("Accept", "")
 
@@ -664,10 +860,16 @@ class SandboxServer:
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, cluster: Cluster | None = None,
-                 *, tick_interval: float | None = 0.25):
+                 *, tick_interval: float | None = 0.25, timing: Timing | None = None):
+        """Without ``cluster``: the seeded world with the controllers at ``timing`` (default:
+        the speed ``OPSBOT_SANDBOX_SPEED`` says). A ``cluster`` given is served as it is, with
+        the controllers only when ``timing`` is given too."""
         self.host = host
         self.port = port
         self.cluster = cluster if cluster is not None else seed(Cluster())
+        self.controllers: Controllers | None = running(self.cluster)
+        if self.controllers is None and (cluster is None or timing is not None):
+            self.controllers = install(self.cluster, timing or Timing.from_env())
         self.tick_interval = tick_interval
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
