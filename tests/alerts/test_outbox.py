@@ -267,7 +267,9 @@ def test_rate_limiter_allows_n_in_any_window() -> None:
         now[0] += r.delay()
         r.take()
         starts.append(now[0])
-    assert starts[:5] == [0.0] * 5 and starts[5:10] == [5.0] * 5 and starts[10:] == [10.0] * 2
+    window = 5.0 * 1.02 + 0.05  # with the slack for requests arriving late
+    assert starts[:5] == [0.0] * 5
+    assert starts[5:10] == [pytest.approx(window)] * 5 and starts[10:] == [pytest.approx(2 * window)] * 2
     # Never more than 5 in any 5-second window (what Discord counts).
     assert all(sum(1 for t in starts if s <= t < s + 5.0) <= 5 for s in starts)
 

@@ -9,7 +9,14 @@ import pytest
 from alerts.alertmanager import AlertmanagerUnavailable
 from alerts.service import SAMPLE_RECEIVER, ButtonAction, parse_custom_id
 from commands.catalog import UserError
-from tests.alerts.conftest import T0, alert, close_harness, free_port, open_harness, payload
+from tests.alerts.conftest import (
+    T0,
+    alert,
+    close_harness,
+    free_port,
+    open_harness,
+    payload,
+)
 
 ROUTES = [
     {"matchers": ['severity="critical"', 'env="prod"'], "channel": "pager", "mention_roles": [111],
