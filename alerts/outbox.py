@@ -3,7 +3,7 @@
 Each channel has one sender, so one incident's message is only ever written by one task. A sender
 asks the store for its most urgent due operation (notices, then messages most severe first and
 new before edits, then timeline batches), renders it from the incident's state *now* (so ten
-changes while the channel was busy become one edit), takes a token from the channel's bucket
+changes while the channel was busy become one edit), waits for the channel's rate limiter
 (at most ``send_rate_operations`` in any ``send_rate_seconds``, on top of discord.py's own
 rate-limit handling) and calls the :class:`~alerts.notify.Notifier`.
 
@@ -101,7 +101,7 @@ class Outbox:
         self._clock = clock
         self._events: dict[str, asyncio.Event] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._buckets: dict[str, RateLimiter] = {}
+        self._limiters: dict[str, RateLimiter] = {}
         self._paused_until: dict[str, float] = {}
         self._busy: set[str] = set()
         self._stopping = asyncio.Event()
@@ -122,7 +122,7 @@ class Outbox:
         for channel in channels:
             if channel not in self._tasks or self._tasks[channel].done():
                 self._events[channel] = asyncio.Event()
-                self._buckets.setdefault(channel, RateLimiter(*self._rate))
+                self._limiters.setdefault(channel, RateLimiter(*self._rate))
                 self._tasks[channel] = asyncio.get_running_loop().create_task(
                     self._sender(channel), name=f"alerts-sender:{channel}"
                 )
@@ -180,13 +180,13 @@ class Outbox:
             await asyncio.wait_for(event.wait(), timeout)
 
     async def _pace(self, channel: str) -> bool:
-        """Wait for the channel's pause (a 429) and a token; False when stopping."""
+        """Wait for the channel's pause (a 429) and its rate limiter; False when stopping."""
         loop = asyncio.get_running_loop()
         while not self._stopping.is_set():
             pause = self._paused_until.get(channel, 0.0) - loop.time()
-            wait = max(pause, self._buckets[channel].delay())
+            wait = max(pause, self._limiters[channel].delay())
             if wait <= 0:
-                self._buckets[channel].take()
+                self._limiters[channel].take()
                 return True
             await self._wait(self._stopping, wait)
         return False

@@ -100,6 +100,8 @@ class RecordingNotifier:
         self._failures: list[Exception] = []
         self.delay = delay
         self.changed = asyncio.Event()
+        self.gate: asyncio.Event | None = None  # when set: every call waits until it is opened
+        self.waiting = 0  # calls held at the gate
 
     def fail(self, times: int, *, retryable: bool = True, retry_after: float | None = None) -> None:
         self._failures += [SendError("injected failure", retryable=retryable, retry_after=retry_after)] * times
@@ -108,6 +110,12 @@ class RecordingNotifier:
         self._failures += [exc] * times
 
     async def _maybe_fail(self) -> None:
+        if self.gate is not None and not self.gate.is_set():
+            self.waiting += 1
+            try:
+                await self.gate.wait()
+            finally:
+                self.waiting -= 1
         if self.delay:
             await asyncio.sleep(self.delay)
         if self._failures:
