@@ -13,6 +13,7 @@ characters. A bad one is left out rather than letting Discord reject the whole m
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 from collections.abc import Sequence
@@ -37,6 +38,7 @@ MAX_FOOTER = 2048
 MAX_CONTENT = 2000
 MAX_URL = 512
 MAX_BUTTON_LABEL = 80
+MAX_ATTACHMENT = 7 * 1024 * 1024  # below Discord's smallest upload limit (8 MiB); larger is gzipped
 
 GREEN = 0x2ECC71
 GREY = 0x95A5A6
@@ -374,7 +376,11 @@ def render_incident(
             {"name": f"+{missing} more", "value": f"every alert is in incident-{incident.id}.json", "inline": False}
         )
     if budget.cut or missing > 0:
-        files.append((f"incident-{incident.id}.json", group_json(incident)))
+        data = group_json(incident)
+        if len(data) > MAX_ATTACHMENT:
+            files.append((f"incident-{incident.id}.json.gz", gzip.compress(data, mtime=0)))
+        else:
+            files.append((f"incident-{incident.id}.json", data))
 
     content = _content(incident, now, mention_roles)
     return OutMessage(

@@ -231,3 +231,13 @@ def test_any_group_fits_discord(n: int, summary: str, title: str, label: str, ur
     shown = sum(1 for e in msg.embeds for f in e.get("fields", []) if f["name"][:1] in ("🔥", "✅"))
     if shown < n:
         assert msg.files and len(json.loads(msg.files[0][1])["alerts"]) == n
+
+
+def test_a_huge_group_is_attached_gzipped() -> None:
+    import gzip
+
+    alerts = [_alert(i, summary="s" * 4000) for i in range(2000)]
+    msg = render_incident(_incident(alerts), NOW)
+    [(name, data)] = msg.files
+    assert name == "incident-12.json.gz" and len(data) < 7 * 1024 * 1024
+    assert len(json.loads(gzip.decompress(data))["alerts"]) == 2000
