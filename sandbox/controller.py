@@ -448,14 +448,18 @@ class Controllers:
         snapshot = self._snapshot(cluster)
         for deployment in snapshot.deployments:
             self._consider(cluster, deployment, snapshot, now)
-        self._forget({o["metadata"]["uid"] for o in [*replicasets, *snapshot.deployments]})
+        self._forget({o["metadata"]["uid"] for o in [*replicasets, *snapshot.deployments]},
+                     {p["metadata"]["uid"] for p in pods})
 
-    def _forget(self, alive: set[str]) -> None:
+    def _forget(self, workloads: set[str], pods: set[str]) -> None:
         """Drop what is remembered about objects that are gone."""
         for memory in (self._rs_replicas, self._rs_mismatch, self._spec_seen, self._settled,
                        self._progress):
-            for uid in [u for u in memory if u not in alive]:
+            for uid in [u for u in memory if u not in workloads]:
                 del memory[uid]
+        if len(self._events) > 4 * (len(workloads) + len(pods)) + 100:  # now and then
+            self._events = {k: v for k, v in self._events.items()
+                            if k[0] in workloads or k[0] in pods}
 
     # ----------------------------------------------------------------- events
 

@@ -637,7 +637,7 @@ class KubernetesApi:
         first, position, regular = run.window(now, options)
         try:
             budget = await _send_log(response, run, first, position, regular, options, budget)
-            while options.follow and (budget is None or budget > 0):
+            while options.follow and run.finished_ns is None and (budget is None or budget > 0):
                 if await self._closing_within(FOLLOW_POLL) or _gone(request):
                     break
                 now = self.cluster.now()

@@ -315,6 +315,22 @@ def _follow_a_crash(server: SandboxServer) -> None:
                                   "exit_code=1")
 
 
+def test_following_a_finished_run_just_returns_it(server: SandboxServer) -> None:
+    cluster = server.cluster
+    pod = cluster.list(PODS, "staging", "app=chat")[0][0]
+    status = pod["status"]["containerStatuses"][0]
+    status |= {"restartCount": 1, "lastState": {"terminated": {
+        "exitCode": 1, "reason": "Error", "startedAt": "2026-11-30T02:59:00Z",
+        "finishedAt": "2026-11-30T02:59:05Z", "containerID": "containerd://gone"}}}
+    cluster.update(PODS, pod)
+    path = f"/api/v1/namespaces/staging/pods/{pod['metadata']['name']}/log"
+    started = time.monotonic()
+    followed = _get(server, path + "?previous=true&follow=true")
+    assert time.monotonic() - started < 2
+    assert followed == _get(server, path + "?previous=true")
+    assert followed.count(b"goroutine 1 [running]:") == 1
+
+
 def test_the_official_client_reads_logs(server: SandboxServer, tmp_path: Path) -> None:
     api = config.new_client_from_config(str(server.write_kubeconfig(tmp_path / "config")))
     with api:
