@@ -7,12 +7,13 @@ import json
 import os
 import re
 import subprocess
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from sandbox.cluster import DEPLOYMENTS, PODS
+from sandbox.cluster import DEPLOYMENTS, PODS, REPLICASETS
 from sandbox.controller import Timing
 from sandbox.server import SandboxServer
 from tests.conftest import require_program
@@ -175,3 +176,36 @@ def test_logs(server: SandboxServer, kubectl: Kubectl) -> None:
     previous = kubectl("logs", healthy, "-n", "prod", "--previous", check=False)
     assert previous.returncode == 1
     assert f'previous terminated container "auth" in pod "{healthy}" not found' in previous.stderr
+
+
+def test_scale_and_status_subresources_over_the_api(server: SandboxServer, tmp_path: Path) -> None:
+    from kubernetes import client, config
+
+    api = config.new_client_from_config(str(server.write_kubeconfig(tmp_path / "api")))
+    with api:
+        apps = client.AppsV1Api(api)
+        scale = apps.read_namespaced_deployment_scale("chat", "prod")
+        assert (scale.spec.replicas, scale.status.replicas, scale.status.selector) == (
+            3, 3, "app=chat")
+        patched = apps.patch_namespaced_deployment_scale("chat", "prod", {"spec": {"replicas": 4}})
+        assert patched.spec.replicas == 4
+        assert server.cluster.get(DEPLOYMENTS, "prod", "chat")["metadata"]["generation"] == 4
+        scale.spec.replicas = 1  # read before the patch: stale
+        with pytest.raises(client.ApiException) as stale:
+            apps.replace_namespaced_deployment_scale("chat", "prod", scale)
+        assert stale.value.status == 409
+        with pytest.raises(client.ApiException) as negative:
+            apps.patch_namespaced_deployment_scale("chat", "prod", {"spec": {"replicas": -1}})
+        assert negative.value.status == 422
+        rs = server.cluster.list(REPLICASETS, "prod", "app=chat")[0][0]["metadata"]["name"]
+        assert apps.read_namespaced_replica_set_scale(rs, "prod").kind == "Scale"
+        status = apps.read_namespaced_deployment_status("chat", "prod")
+        assert status.status.observed_generation >= 3
+        status_only = apps.patch_namespaced_deployment_status(
+            "auth", "prod", {"spec": {"replicas": 9}, "status": {"replicas": 3}})
+        assert status_only.spec.replicas == 3  # /status ignores the spec
+    with urllib.request.urlopen(f"{server.url}/apis/apps/v1", timeout=5) as response:
+        names = {r["name"] for r in json.load(response)["resources"]}
+    assert {"deployments/scale", "deployments/status", "replicasets/scale"} <= names
+    with urllib.request.urlopen(f"{server.url}/api/v1", timeout=5) as response:
+        assert "pods/log" in {r["name"] for r in json.load(response)["resources"]}
