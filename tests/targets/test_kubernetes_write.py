@@ -902,3 +902,45 @@ async def test_an_unpullable_image_fails_early(live: SandboxServer,
     assert seen[-1].state == "failed" and seen[-1].reason in ("ErrImagePull", "ImagePullBackOff")
     assert "cannot pull image registry.local/dgg/chat-gui:v9-missing" in (seen[-1].message or "")
     assert seconds < DEADLINE_REAL, seconds
+
+
+async def _read_all(sources: list[tuple[str, Any]]) -> list[Any]:
+    return [line async for line in merge([stream for _, stream in sources])]
+
+
+async def test_logs_of_three_pods_with_tail_since_and_previous(live: SandboxServer,
+                                                              live_k8s: KubernetesPlatform) -> None:
+    pods = sorted(p["metadata"]["name"] for p in live.cluster.list(PODS, "prod", "app=chat-gui")[0])
+    tail = await live_k8s.log_sources("chat-gui", "prod", target(), LogQuery(tail=5))
+    assert [name for name, _ in tail] == pods
+    lines = await _read_all(tail)
+    assert sorted(source for _, source, _ in lines) == sorted(pods * 5)
+    assert [ts for ts, _, _ in lines] == sorted(ts for ts, _, _ in lines)
+    assert all(ts.tzinfo is not None and text and not text[:4].isdigit() for ts, _, text in lines)
+
+    since = timedelta(minutes=10)
+    window = await _read_all(await live_k8s.log_sources(
+        "chat-gui", "prod", target(), LogQuery(since=since, tail=None)))
+    now = live.cluster.now()
+    assert all(now - since - timedelta(seconds=2) <= ts <= now + timedelta(seconds=2)
+               for ts, _, _ in window)
+    assert 3 * 500 < len(window) < 3 * 700  # about a line a second from each pod
+
+    with pytest.raises(PlatformError) as err:  # healthy pods have no previous container
+        await live_k8s.log_sources("chat-gui", "prod", target(), LogQuery(previous=True))
+    assert str(err.value) == (f'no logs of {pods[0]}: previous terminated container "chat-gui" '
+                              f'in pod "{pods[0]}" not found')
+
+
+async def test_previous_logs_of_a_crash_looping_pod(live: SandboxServer,
+                                                    live_k8s: KubernetesPlatform) -> None:
+    generation = await live_k8s.set_image("chat-gui", "prod", target(),
+                                          "registry.local/dgg/chat-gui:v1.5.0-broken", "broken")
+    seen, _ = await _watch(live_k8s, generation)
+    crashed = seen[-1].failing_pods
+    sources = await live_k8s.log_sources("chat-gui", "prod", target(),
+                                         LogQuery(previous=True, tail=None))
+    assert [name for name, _ in sources] == sorted(crashed)  # the others have no previous run
+    lines = await _read_all(sources)
+    assert lines and lines[-1][2]  # the run's last words: its crash trace
+    assert any("crash" in text.lower() or "error" in text.lower() for _, _, text in lines[-12:])
