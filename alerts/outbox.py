@@ -107,12 +107,18 @@ class Outbox:
         self._stopping = asyncio.Event()
         self._running = False
         self.stats: Counter[str] = Counter()
+        # Told about every incident message chat now shows (escalation starts and stops by it).
+        self.on_message: Callable[[MessageWork, str], Awaitable[None]] | None = None
 
     # ------------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
         self._running = True
         self._stopping.clear()
+        # Senders are started by this task, never by whoever calls wake(): a command handler
+        # that acknowledges an incident must not become the owner of a long-lived sender.
+        self._spawn_requests: asyncio.Queue[str] = asyncio.Queue()
+        self._spawner = asyncio.get_running_loop().create_task(self._spawn_loop(), name="alerts-senders")
         self.wake(await self._db_run(self._store.pending_channels))
 
     def wake(self, channels: Iterable[str]) -> None:
@@ -120,13 +126,23 @@ class Outbox:
         if not self._running:
             return
         for channel in channels:
-            if channel not in self._tasks or self._tasks[channel].done():
+            if channel not in self._events:
                 self._events[channel] = asyncio.Event()
-                self._limiters.setdefault(channel, RateLimiter(*self._rate))
-                self._tasks[channel] = asyncio.get_running_loop().create_task(
-                    self._sender(channel), name=f"alerts-sender:{channel}"
-                )
+            if channel not in self._tasks or self._tasks[channel].done():
+                self._spawn_requests.put_nowait(channel)
             self._events[channel].set()
+
+    async def _spawn_loop(self) -> None:
+        while True:
+            channel = await self._spawn_requests.get()
+            if self._stopping.is_set():
+                return
+            if channel in self._tasks and not self._tasks[channel].done():
+                continue
+            self._limiters.setdefault(channel, RateLimiter(*self._rate))
+            self._tasks[channel] = asyncio.get_running_loop().create_task(
+                self._sender(channel), name=f"alerts-sender:{channel}"
+            )
 
     @property
     def busy(self) -> bool:
@@ -137,6 +153,10 @@ class Outbox:
         """Finish the operation in flight (up to ``grace`` seconds), then stop every sender."""
         self._running = False
         self._stopping.set()
+        spawner = getattr(self, "_spawner", None)
+        if spawner is not None:
+            spawner.cancel()
+            await asyncio.gather(spawner, return_exceptions=True)
         for event in self._events.values():
             event.set()
         tasks = list(self._tasks.values())
@@ -223,6 +243,7 @@ class Outbox:
                 await self._persist(self._store.message_sent, work.delivery_id, work.version, str(message_id))
                 self.stats["send"] += 1
             else:
+                message_id = work.message_id
                 await self._notifier.edit(channel, work.message_id, message)
                 await self._persist(self._store.message_sent, work.delivery_id, work.version, None)
                 self.stats["edit"] += 1
@@ -248,6 +269,12 @@ class Outbox:
             delay = self._backoff(work.attempts + 1, None)
             log.exception("incident #%s: the notifier failed for %s; retry in %.1fs", incident, channel, delay)
             await self._db_run(self._store.message_failed, work.delivery_id, f"{type(e).__name__}: {e}", delay, work.version)
+        else:
+            if self.on_message is not None:
+                try:
+                    await self.on_message(work, str(message_id))
+                except Exception:
+                    log.exception("incident #%s: the message observer failed", incident)
 
     async def _timeline(self, work: TimelineWork) -> None:
         text = self._render_timeline(work)

@@ -10,6 +10,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import discord
 from discord.ext import commands
@@ -17,7 +18,14 @@ from discord.ext import commands
 from bot import checks
 from bot.http import HttpServer
 from bot.metrics import Metrics
+from alerts.escalation import EscalationEngine
+from alerts.notify import OutMessage
+from alerts.oncall import OnCall
+from alerts.service import AlertService
+from bot.notifier import DiscordNotifier, RoleSync
 from bot.views import DYNAMIC_ITEMS, PendingStore
+from commands.catalog import UserError
+from commands.scheduler import Scheduler
 from commands.audit import AuditLog
 from commands.catalog import Catalog
 from commands.db import Database
@@ -30,7 +38,8 @@ from config.settings import PermissionsConfig, Settings
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("bot.exts.core", "bot.exts.status", "bot.exts.audit", "bot.exts.deploy", "bot.exts.locks", "bot.exts.logs")
+EXTENSIONS = ("bot.exts.core", "bot.exts.status", "bot.exts.audit", "bot.exts.deploy", "bot.exts.locks",
+              "bot.exts.logs", "bot.exts.alerts")
 
 
 @dataclass
@@ -48,6 +57,11 @@ class App:
     deployer: Deployer = field(init=False)
     pending: PendingStore = field(default_factory=PendingStore)
     bot: commands.Bot | None = None
+    notifier: DiscordNotifier = field(init=False)
+    alerts: AlertService = field(init=False)
+    scheduler: Scheduler = field(init=False)
+    oncall: OnCall = field(init=False)
+    escalation: EscalationEngine = field(init=False)
 
     def __post_init__(self) -> None:
         self.policy = Policy(self.settings.permissions)
@@ -95,11 +109,64 @@ class App:
 
             app = cls(settings=settings, db=db, audit=AuditLog(db), metrics=Metrics(),
                       supervisor=supervisor, platforms=platforms, locks=LockManager(db))
+            await app._open_alerting(stack)
             if serve_http:
                 app.http = HttpServer(settings.webhook_listen, app.metrics, app.ready)
+                app.http.add_routes(app.alerts.routes())
                 await app.http.start()
                 stack.push_async_callback(app.http.stop)
             yield app
+
+    async def _open_alerting(self, stack: AsyncExitStack) -> None:
+        """Alerts, the scheduler, on-call and escalation: all talk to chat through one notifier."""
+        settings, db = self.settings, self.db
+        self.notifier = DiscordNotifier(lambda: self.bot)
+        self.alerts = AlertService(settings, db, self.notifier)
+        self.scheduler = Scheduler.from_settings(db, settings, on_problem=self._scheduler_problem)
+        self.oncall = OnCall.from_settings(db, settings, scheduler=self.scheduler, notifier=self.notifier,
+                                           role_sync=RoleSync(lambda: self.bot))
+        self.escalation = EscalationEngine(self.scheduler, self.notifier, self.oncall, _IncidentLookup(self.alerts),
+                                           db=db, config=settings.oncall, dm=self.notifier)
+        self.alerts.outbox.on_message = self._incident_message
+        await self.alerts.start()
+        stack.push_async_callback(self.alerts.stop)
+        await self.scheduler.start()
+        stack.push_async_callback(self.scheduler.shutdown)
+        await self.escalation.resume()
+        await self.oncall.schedule_handoffs()
+
+    async def _incident_message(self, work: Any, message_id: str) -> None:
+        """Escalate open, unacknowledged incidents that have a policy; stop on ack or resolve."""
+        incident = work.incident
+        if not work.primary:
+            return
+        if incident.open and not incident.acked and incident.escalation:
+            await self.escalation.start(incident.id, incident.escalation, work.channel, message_id, title=incident.title)
+        elif not incident.open or incident.acked:
+            reason = "resolved" if not incident.open else f"acknowledged by {incident.acked_by}"
+            await self.escalation.stop(incident.id, reason)
+
+    async def _scheduler_problem(self, problem: Any) -> None:
+        text = f"⏰ {problem.describe()}"
+        log.warning("scheduler: %s", text)
+        try:
+            await self.notifier.send(self.settings.channels.ops, OutMessage(content=text))
+        except Exception:
+            log.warning("could not report a scheduler problem in chat", exc_info=True)
+
+
+class _IncidentLookup:
+    """What escalation asks of the alerts store."""
+
+    def __init__(self, alerts: AlertService) -> None:
+        self.alerts = alerts
+
+    async def is_open_unacked(self, incident_id: int) -> bool:
+        try:
+            incident = await self.alerts.incident(incident_id)
+        except UserError:
+            return False
+        return incident.open and not incident.acked
 
 
 class OpsBot(commands.Bot):

@@ -7,7 +7,9 @@ import logging
 
 import discord
 
-from alerts.notify import Button, OutMessage, SendError
+from collections.abc import Callable
+
+from alerts.notify import Button, MessageGone, OutMessage, SendError
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +51,19 @@ def _error(e: discord.HTTPException, what: str) -> SendError:
 
 
 class DiscordNotifier:
-    def __init__(self, bot: discord.Client, guild_id: int | None = None) -> None:
-        self.bot = bot
+    """``bot`` is a callable so the notifier can exist (and the outbox run) before the bot does:
+    until the Discord session is ready every send is a retryable failure."""
+
+    def __init__(self, bot: Callable[[], discord.Client | None], guild_id: int | None = None) -> None:
+        self._bot = bot
         self.guild_id = guild_id
+
+    @property
+    def bot(self) -> discord.Client:
+        bot = self._bot()
+        if bot is None or not bot.is_ready():
+            raise SendError("the Discord session is not ready yet", retryable=True, retry_after=2.0)
+        return bot
 
     def _channel(self, name: str) -> discord.TextChannel:
         if name.isdigit():
@@ -64,7 +76,7 @@ class DiscordNotifier:
             found = discord.utils.get(guild.text_channels, name=name.lstrip("#"))
             if found is not None:
                 return found
-        raise SendError(f"no text channel {name!r} the bot can see", retryable=self.bot.is_ready() is False)
+        raise SendError(f"no text channel {name!r} the bot can see", retryable=False)
 
     async def send(self, channel: str, message: OutMessage) -> str:
         target = self._channel(channel)
@@ -74,6 +86,8 @@ class DiscordNotifier:
         view = _view(message.buttons)
         if view is not None:
             kwargs["view"] = view
+        if message.nonce:
+            kwargs["nonce"] = message.nonce
         try:
             sent = await target.send(**kwargs)
         except discord.HTTPException as e:
@@ -83,13 +97,19 @@ class DiscordNotifier:
     async def edit(self, channel: str, message_id: str, message: OutMessage) -> None:
         target = self._channel(channel)
         partial = target.get_partial_message(int(message_id))
+        kwargs: dict = dict(content=message.content or None,
+                            embeds=[discord.Embed.from_dict(e) for e in message.embeds],
+                            view=_view(message.buttons), allowed_mentions=_mentions(message))
+        files = [discord.File(io.BytesIO(d), filename=n) for n, d in message.files]
+        if message.replace_files:
+            kwargs["attachments"] = files
+        elif files:
+            current = await target.fetch_message(int(message_id))
+            kwargs["attachments"] = [*current.attachments, *files]
         try:
-            await partial.edit(content=message.content or None,
-                               embeds=[discord.Embed.from_dict(e) for e in message.embeds],
-                               view=_view(message.buttons), allowed_mentions=_mentions(message),
-                               attachments=[discord.File(io.BytesIO(d), filename=n) for n, d in message.files])
+            await partial.edit(**kwargs)
         except discord.NotFound as e:
-            raise SendError(f"message {message_id} in #{target.name} is gone", retryable=False) from e
+            raise MessageGone(f"message {message_id} in #{target.name} is gone", retryable=False) from e
         except discord.HTTPException as e:
             raise _error(e, f"edit in #{target.name}") from e
 
@@ -98,9 +118,51 @@ class DiscordNotifier:
         thread = target.guild.get_thread(int(message_id))  # a message's thread has the message's ID
         try:
             if thread is None:
+                try:
+                    thread = await target.guild.fetch_channel(int(message_id))  # type: ignore[assignment]
+                except discord.NotFound:
+                    thread = None
+            if thread is None:
                 thread = await target.get_partial_message(int(message_id)).create_thread(
                     name=thread_name[:100], auto_archive_duration=1440)
-            await thread.send(text[:2000], allowed_mentions=discord.AllowedMentions.none())
+            await thread.send(text[:2000], allowed_mentions=discord.AllowedMentions.none())  # type: ignore[union-attr]
+        except discord.NotFound as e:
+            raise MessageGone(f"message {message_id} in #{target.name} is gone", retryable=False) from e
         except discord.HTTPException as e:
             raise _error(e, f"thread post in #{target.name}") from e
         return str(thread.id)
+
+    async def send_dm(self, user_id: int, message: OutMessage) -> None:
+        """Escalation's optional direct message."""
+        try:
+            user = self.bot.get_user(user_id) or await self.bot.fetch_user(user_id)
+            await user.send(content=message.content or None, embeds=[discord.Embed.from_dict(e) for e in message.embeds])
+        except discord.HTTPException as e:
+            raise _error(e, f"DM to {user_id}") from e
+
+
+class RoleSync:
+    """Keeps an on-call Discord role on whoever is on call (alerts.oncall calls it at hand-offs)."""
+
+    def __init__(self, bot: Callable[[], discord.Client | None]) -> None:
+        self._bot = bot
+
+    async def set_oncall_role(self, rotation: str, role_id: int, user_id: int) -> None:
+        bot = self._bot()
+        if bot is None:
+            raise RuntimeError("the bot is not running")
+        for guild in bot.guilds:
+            role = guild.get_role(role_id)
+            if role is None:
+                continue
+            try:
+                for member in list(role.members):
+                    if member.id != user_id:
+                        await member.remove_roles(role, reason=f"on-call hand-off ({rotation})")
+                member = guild.get_member(user_id) or await guild.fetch_member(user_id)
+                if role not in member.roles:
+                    await member.add_roles(role, reason=f"on call now ({rotation})")
+            except discord.Forbidden as e:
+                raise PermissionError(f"the bot may not manage the role {role.name}: {e.text}") from e
+            return
+        raise LookupError(f"no guild has the on-call role {role_id}")

@@ -12,7 +12,9 @@ from discord.ext import commands
 
 from bot.checks import MUTATING, Denied, NotConfigured, check_invoke, parsed_args, requirement_of, requires, role_ids
 from bot.render import BLUE, RED, clip
+from alerts.alertmanager import AlertmanagerError
 from commands.catalog import UserError, suggest
+from commands.targets.base import PlatformError
 from commands.permissions import ACTIONS, Grant
 
 log = logging.getLogger(__name__)
@@ -77,8 +79,8 @@ class Core(commands.Cog):
         elif isinstance(error, NotConfigured):
             result = "denied"
             text = f"🚫 {error} (fail closed)."
-        elif isinstance(error, UserError):
-            text = f"⚠️ {error}"
+        elif isinstance(error, UserError | PlatformError | AlertmanagerError):
+            text = f"⚠️ {error}"  # bad input, or a known outside fault said plainly
         elif isinstance(error, commands.MissingRequiredArgument):
             text = f"⚠️ missing `{error.param.name}` — usage: {usage(ctx)}"
         elif isinstance(error, commands.TooManyArguments):

@@ -31,9 +31,19 @@ MATRIX: dict[str, tuple[str, set[str]]] = {
     "!lock staging matrix test for 10m": ("lock", {"admin", "mod"}),
     "!unlock staging": ("lock", {"admin", "mod"}),
     "!logs chat prod --tail 5": ("logs", {"admin", "mod", "oncall"}),
+    "!incidents": ("alerts", {"admin", "mod", "oncall"}),
+    "!incident 999": ("alerts", {"admin", "mod", "oncall"}),
+    "!testalert chat dev warning": ("alerts", {"admin", "mod", "oncall"}),
+    "!ack 999": ("ack", {"admin", "oncall"}),
+    "!unack 999": ("ack", {"admin", "oncall"}),
+    "!alerts": ("alerts", {"admin", "mod", "oncall"}),
+    "!silences": ("alerts", {"admin", "mod", "oncall"}),
+    "!silence alertname=Foo 1h matrix test": ("silence", {"admin", "oncall"}),
+    "!unsilence 0123abcd": ("silence", {"admin", "oncall"}),
 }
 # Lines whose allowed answer may be a warning (the previous user's lock, nothing to unlock).
-MAY_WARN = {"!lock staging matrix test for 10m", "!unlock staging"}
+MAY_WARN = {"!lock staging matrix test for 10m", "!unlock staging", "!incident 999", "!ack 999", "!unack 999",
+            "!alerts", "!silences", "!silence alertname=Foo 1h matrix test", "!unsilence 0123abcd"}
 
 
 def denial(world, user: str, grant: str) -> str:

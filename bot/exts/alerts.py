@@ -1,0 +1,220 @@
+"""Alerts in chat: the Acknowledge/Silence buttons and `!incidents`, `!incident`, `!ack`, `!unack`,
+`!alerts`, `!silences`, `!silence`, `!unsilence`, `!testalert`."""
+
+from __future__ import annotations
+
+import logging
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+import discord
+from discord.ext import commands
+from pytimeparse import parse as parse_seconds
+
+from alerts.alertmanager import AlertmanagerError
+from alerts.render import incident_line
+from bot.checks import member_allows, requires
+from bot.render import BLUE, RED, clip
+from commands.catalog import UserError
+
+log = logging.getLogger(__name__)
+
+
+def _app(interaction: discord.Interaction) -> Any:
+    return interaction.client.app  # type: ignore[attr-defined]
+
+
+async def _reply(interaction: discord.Interaction, text: str) -> None:
+    if interaction.response.is_done():
+        await interaction.followup.send(text, ephemeral=True)
+    else:
+        await interaction.response.send_message(text, ephemeral=True)
+
+
+class AlertButton(discord.ui.DynamicItem[discord.ui.Button[Any]],
+                  template=r"opsbot:(?P<action>ack|unack|silence):(?P<id>[0-9]+)(?::(?P<duration>[0-9a-z]+))?"):
+    """Acknowledge / Unacknowledge / Silence on an alert message; works across restarts."""
+
+    def __init__(self, action: str, incident_id: int, duration: str | None = None) -> None:
+        custom_id = f"opsbot:{action}:{incident_id}" + (f":{duration}" if duration else "")
+        super().__init__(discord.ui.Button(label=action, custom_id=custom_id))
+        self.action, self.incident_id, self.duration = action, incident_id, duration
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button[Any],
+                             match: re.Match[str], /) -> AlertButton:
+        return cls(match["action"], int(match["id"]), match["duration"])
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        """Buttons bypass command checks: the grant is checked here, against the incident's scope."""
+        app = _app(interaction)
+        grant = "silence" if self.action == "silence" else "ack"
+        try:
+            incident = await app.alerts.incident(self.incident_id)
+        except UserError as e:
+            await _reply(interaction, f"⚠️ {e}")
+            return False
+        if not member_allows(app, interaction.user, grant, incident.env, incident.service):
+            await _reply(interaction, f"🚫 that needs the `{grant}` grant. `!perms` shows yours.")
+            return False
+        return True
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        app = _app(interaction)
+        user = interaction.user
+        name = getattr(user, "display_name", str(user))
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        try:
+            if self.action == "ack":
+                incident = await app.alerts.ack(self.incident_id, user.id, name)
+                text = f"✅ you acknowledged #{incident.id}; escalation stops."
+            elif self.action == "unack":
+                incident = await app.alerts.unack(self.incident_id, user.id, name)
+                text = f"↩️ #{incident.id} is unacknowledged again."
+            else:
+                silence = await app.alerts.silence(self.incident_id, self.duration or "1h", name, user.id)
+                text = (f"🔕 silenced #{self.incident_id} until <t:{int(silence.ends_at.timestamp())}:t> "
+                        f"(silence `{silence.id}`)")
+            result, detail = "ok", text
+        except (UserError, AlertmanagerError) as e:
+            text, result, detail = f"⚠️ {e}", "failed", str(e)
+        await app.audit.record(user_id=user.id, user_name=name, action="silence" if self.action == "silence" else "ack",
+                               args={"incident": self.incident_id, "op": self.action, "duration": self.duration},
+                               result=result, detail=clip(detail, 300),
+                               channel=getattr(interaction.channel, "name", None))
+        await interaction.followup.send(text, ephemeral=True)
+
+
+DURATION_WORD = re.compile(r"^\d+[smhdw]?(\d+[smhdw])*$")
+
+
+def split_silence_args(text: str) -> tuple[str, str, str]:
+    """`<matchers> <duration> <comment>` → the three parts; the duration is the first bare duration word."""
+    words = text.split()
+    for i, word in enumerate(words):
+        if i > 0 and "=" not in word and "~" not in word and DURATION_WORD.match(word) and parse_seconds(word):
+            return " ".join(words[:i]), word, " ".join(words[i + 1:])
+    raise UserError('usage: `!silence <matchers> <duration> <comment>`, e.g. '
+                    '`!silence alertname=HighLatency service="chat" 2h db upgrade`')
+
+
+class Alerts(commands.Cog):
+    """Incidents from Alertmanager: acknowledge, silence, look."""
+
+    def __init__(self, bot: commands.Bot) -> None:
+        self.bot = bot
+        self.app = bot.app  # type: ignore[attr-defined]
+
+    async def _audit(self, ctx: commands.Context[Any], action: str, args: dict[str, Any], detail: str) -> None:
+        await self.app.audit.record(user_id=ctx.author.id, user_name=ctx.author.display_name, action=action,
+                                    args=args, result="ok", detail=clip(detail, 300),
+                                    channel=getattr(ctx.channel, "name", None))
+
+    @commands.hybrid_command(name="incidents")
+    @requires("alerts", env_arg=None)
+    async def incidents(self, ctx: commands.Context[Any], service: str | None = None) -> None:
+        """Open incidents: age, severity, who acknowledged."""
+        found = await self.app.alerts.incidents(open_only=True, service=service)
+        now = datetime.now(UTC)
+        e = discord.Embed(title="Open incidents" + (f" · {service}" if service else ""), colour=RED if found else BLUE)
+        e.description = clip("\n".join(incident_line(i, now) for i in found) or "Nothing is firing. 🎉", 4096)
+        e.set_footer(text="!incident <id> for the timeline · !ack <id> to own one")
+        await ctx.send(embed=e, allowed_mentions=discord.AllowedMentions.none())
+
+    @commands.hybrid_command(name="incident")
+    @requires("alerts", env_arg=None, service_arg=None)
+    async def incident(self, ctx: commands.Context[Any], incident_id: int) -> None:
+        """One incident with its alerts and whole timeline."""
+        incident = await self.app.alerts.incident(incident_id)
+        message = self.app.alerts.render(incident)
+        embeds = [discord.Embed.from_dict(x) for x in message.embeds][:9]
+        timeline = "\n".join(f"<t:{int(t.at.timestamp())}:T> {t.text}" for t in incident.timeline[-30:])
+        embeds.append(discord.Embed(title=f"Timeline of #{incident.id}", description=clip(timeline or "empty", 4096),
+                                    colour=BLUE))
+        await ctx.send(embeds=embeds, allowed_mentions=discord.AllowedMentions.none())
+
+    @commands.hybrid_command(name="ack")
+    @requires("ack", env_arg=None, service_arg=None)
+    async def ack(self, ctx: commands.Context[Any], incident_id: int) -> None:
+        """Acknowledge an incident: you own it, escalation stops."""
+        incident = await self.app.alerts.ack(incident_id, ctx.author.id, ctx.author.display_name)
+        await self._audit(ctx, "ack", {"incident": incident_id}, "acknowledged")
+        await ctx.send(f"✅ #{incident.id} {clip(incident.title, 100)} acknowledged by {ctx.author.display_name}",
+                       allowed_mentions=discord.AllowedMentions.none())
+
+    @commands.hybrid_command(name="unack")
+    @requires("ack", env_arg=None, service_arg=None)
+    async def unack(self, ctx: commands.Context[Any], incident_id: int) -> None:
+        """Give an incident back: escalation starts again."""
+        incident = await self.app.alerts.unack(incident_id, ctx.author.id, ctx.author.display_name)
+        await self._audit(ctx, "ack", {"incident": incident_id, "op": "unack"}, "unacknowledged")
+        await ctx.send(f"↩️ #{incident.id} is unacknowledged", allowed_mentions=discord.AllowedMentions.none())
+
+    @commands.hybrid_command(name="alerts")
+    @requires("alerts", env_arg=None)
+    async def alerts(self, ctx: commands.Context[Any], service: str | None = None) -> None:
+        """Alerts firing in Alertmanager now."""
+        live = await self.app.alerts.live_alerts(service)
+        e = discord.Embed(title="Firing in Alertmanager" + (f" · {service}" if service else ""),
+                          colour=RED if live else BLUE)
+        lines = []
+        for a in live[:40]:
+            where = " ".join(x for x in (a.service, a.env) if x)
+            muted = " 🔕" if a.silenced_by else ""
+            lines.append(f"**{a.alertname}** {a.severity or ''} {where}{muted} — {clip(a.summary, 120)}")
+        if len(live) > 40:
+            lines.append(f"+{len(live) - 40} more")
+        e.description = clip("\n".join(lines) or "Nothing is firing.", 4096)
+        await ctx.send(embed=e, allowed_mentions=discord.AllowedMentions.none())
+
+    @commands.hybrid_command(name="silences")
+    @requires("alerts", env_arg=None, service_arg=None)
+    async def silences(self, ctx: commands.Context[Any]) -> None:
+        """Active and pending Alertmanager silences."""
+        found = await self.app.alerts.silences()
+        e = discord.Embed(title="Silences", colour=BLUE)
+        e.description = clip("\n".join(
+            f"`{s.id[:8]}` {s.state} until <t:{int(s.ends_at.timestamp())}:f> by {s.created_by}: "
+            f"{clip(s.matchers_text, 150)} — {clip(s.comment, 120)}" for s in found) or "No silences.", 4096)
+        await ctx.send(embed=e, allowed_mentions=discord.AllowedMentions.none())
+
+    @commands.hybrid_command(name="silence")
+    @requires("silence", env_arg=None, service_arg=None)
+    async def silence(self, ctx: commands.Context[Any], *, args: str) -> None:
+        """Silence by matchers: !silence alertname=Foo service="chat" 2h why."""
+        matchers, duration, comment = split_silence_args(args)
+        s = await self.app.alerts.create_silence(matchers, duration, comment, ctx.author.display_name)
+        await self._audit(ctx, "silence", {"matchers": matchers, "duration": duration}, f"silence {s.id}")
+        await ctx.send(f"🔕 silence `{s.id}` until <t:{int(s.ends_at.timestamp())}:f>: {clip(s.matchers_text, 300)}",
+                       allowed_mentions=discord.AllowedMentions.none())
+
+    @commands.hybrid_command(name="unsilence")
+    @requires("silence", env_arg=None, service_arg=None)
+    async def unsilence(self, ctx: commands.Context[Any], silence_id: str) -> None:
+        """Expire a silence now (its ID or the first 8 characters of it)."""
+        if len(silence_id) < 36:
+            matches = [s for s in await self.app.alerts.silences() if s.id.startswith(silence_id)]
+            if len(matches) != 1:
+                raise UserError(f"no single silence starts with `{silence_id}`; `!silences` lists them")
+            silence_id = matches[0].id
+        await self.app.alerts.expire_silence(silence_id, ctx.author.display_name)
+        await self._audit(ctx, "silence", {"op": "expire", "silence": silence_id}, "expired")
+        await ctx.send(f"🔔 silence `{silence_id}` expired by {ctx.author.display_name}",
+                       allowed_mentions=discord.AllowedMentions.none())
+
+    @commands.hybrid_command(name="testalert")
+    @requires("alerts")
+    async def testalert(self, ctx: commands.Context[Any], service: str = "chat", env: str = "prod",
+                        severity: str = "critical") -> None:
+        """Fire a sample alert group through the real intake path (to try the pipeline and buttons)."""
+        service, env = self.app.catalog.service(service), self.app.catalog.env(env)
+        incident = await self.app.alerts.sample_alert(service, env, severity=severity)
+        await self._audit(ctx, "alerts", {"op": "testalert", "service": service, "env": env}, f"incident {incident.id}")
+        await ctx.send(f"🧪 sample incident #{incident.id} fired for `{service}` in `{env}`; "
+                       f"it appears in #{incident.channel}", allowed_mentions=discord.AllowedMentions.none())
+
+
+async def setup(bot: commands.Bot) -> None:
+    bot.add_dynamic_items(AlertButton)
+    await bot.add_cog(Alerts(bot))
