@@ -22,7 +22,9 @@ log = logging.getLogger(__name__)
 WELCOME = """\
 👋 **Welcome to the opsbot demo.** This is a sandbox: an emulated Kubernetes cluster with the
 services `chat`, `chat-gui`, `modbot`, `auth`, `strims` in `dev`, `staging` and `prod`.
-Try `!help`, `!status`, `!status chat-gui prod`, `!perms`, `!audit`.
+Try `!help`, `!status`, `!status chat-gui prod`, `!deploy chat-gui staging v1.5.1`,
+`!deploy auth staging v1.6.0-broken` (watch it roll back), `!history chat-gui staging`, `!logs auth prod`,
+`!testalert chat prod` (then press Acknowledge or Silence), `!perms`, `!audit`.
 Switch user (admin, mod, oncall, member, guest) with the viewer picker to see permissions at work."""
 
 
@@ -42,7 +44,11 @@ async def _refresh_on_change(world: World, preview: Any, changed: asyncio.Event)
 
 
 async def run_demo(port: int | None = None, *, ready: Any = None, **world_args: Any) -> int:
-    async with open_world(wall_clock=True, **world_args) as world:
+    def show_alerts_here(settings: Any) -> None:
+        # The page shows one channel: let alerts land in #ops so a visitor sees them.
+        settings.alerts.default_route.channel = "ops"
+
+    async with open_world(wall_clock=True, tweak=show_alerts_here, **world_args) as world:
         ops = world.channels["ops"]
         await world.members["admin"].send(world.channels["ops"], "!status")  # something to look at
         await world.bot.get_channel(ops.id).send(WELCOME)  # type: ignore[union-attr]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -46,8 +46,11 @@ def sandbox_settings(**overrides: Any) -> Settings:
         "staging": EnvConfig(timeout_seconds=300),
         "prod": EnvConfig(confirm=True, timeout_seconds=600),
     }
-    return load_settings(None, services=services, environments=environments, promotion=list(world.ENVS),
-                         **overrides)
+    settings = load_settings(None, services=services, environments=environments, promotion=list(world.ENVS),
+                             **overrides)
+    if not settings.alertmanager_url:
+        settings.alerts.watchdog_minutes = 0  # no Alertmanager, no Watchdog alert to wait for
+    return settings
 
 
 @dataclass
@@ -143,6 +146,7 @@ async def open_world(
     clock_context: bool = True,
     wall_clock: bool = False,
     sandbox_timing: Any = None,
+    tweak: Callable[[Settings], None] | None = None,
     **overrides: Any,
 ) -> AsyncIterator[World]:
     """Start the whole embedded world; stop it all on exit.
@@ -157,6 +161,8 @@ async def open_world(
         if settings is None:
             base = dict(data_dir=data_dir, kubeconfig=kubeconfig, **overrides)
             settings = load_settings(config, **base) if config else sandbox_settings(**base)
+        if tweak is not None:
+            tweak(settings)
         sandbox = None
         on_kubernetes = any(t.type == "kubernetes" for s in settings.services.values() for t in s.envs.values())
         if settings.kubeconfig is None and on_kubernetes:
