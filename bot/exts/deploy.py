@@ -13,6 +13,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot import autocomplete
 from bot.checks import requires
 from bot.render import history_embed, progress_embed, result_embed, result_line
 from bot.views import ask_confirmation, new_pending
@@ -69,6 +70,7 @@ class Deploy(commands.Cog):
     # ------------------------------------------------------------------ commands
 
     @commands.hybrid_command(name="deploy")
+    @app_commands.autocomplete(service=autocomplete.services, env=autocomplete.envs)
     @requires("deploy")
     @app_commands.describe(service="what to deploy", env="where", version="image tag (default: what the previous env runs)")
     async def deploy(self, ctx: commands.Context[Any], service: str, env: str, version: str | None = None) -> None:
@@ -82,6 +84,7 @@ class Deploy(commands.Cog):
         await self._begin(ctx, plan)
 
     @commands.hybrid_command(name="rollback")
+    @app_commands.autocomplete(service=autocomplete.services, env=autocomplete.envs)
     @requires("rollback")
     @app_commands.describe(service="what to roll back", env="where", revision="revision number (default: the previous one)")
     async def rollback(self, ctx: commands.Context[Any], service: str, env: str, revision: int | None = None) -> None:
@@ -91,6 +94,7 @@ class Deploy(commands.Cog):
         await self._begin(ctx, plan)
 
     @commands.hybrid_command(name="history")
+    @app_commands.autocomplete(service=autocomplete.services, env=autocomplete.envs)
     @requires("history")
     async def history(self, ctx: commands.Context[Any], service: str, env: str) -> None:
         """Revisions with image, change-cause, age and who, and which one runs now."""
@@ -109,17 +113,7 @@ class Deploy(commands.Cog):
                 by_version[r.args["version"]] = r.user_name
         return {rev.revision: by_version[rev.version] for rev in revisions if rev.version in by_version}
 
-    @deploy.autocomplete("service")
-    @rollback.autocomplete("service")
-    @history.autocomplete("service")
-    async def _service_ac(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
-        return [app_commands.Choice(name=s, value=s) for s in self.app.catalog.services if current.lower() in s][:25]
 
-    @deploy.autocomplete("env")
-    @rollback.autocomplete("env")
-    @history.autocomplete("env")
-    async def _env_ac(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
-        return [app_commands.Choice(name=e, value=e) for e in self.app.catalog.envs if current.lower() in e][:25]
 
     # ------------------------------------------------------------------ flow
 

@@ -10,6 +10,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot import autocomplete
 from bot.checks import requires
 from bot.render import code_block
 from commands.catalog import UserError
@@ -29,6 +30,7 @@ class Logs(commands.Cog):
         self.redactor = Redactor(self.app.settings.redact_patterns)
 
     @commands.hybrid_command(name="logs")
+    @app_commands.autocomplete(service=autocomplete.services, env=autocomplete.envs)
     @requires("logs")
     @app_commands.describe(options="--since 10m --tail N --grep REGEX --previous --pod NAME --container NAME")
     async def logs(self, ctx: commands.Context[Any], service: str, env: str, *, options: str = "") -> None:
@@ -67,13 +69,7 @@ class Logs(commands.Cog):
         else:
             await ctx.send(header, allowed_mentions=discord.AllowedMentions.none())
 
-    @logs.autocomplete("service")
-    async def _service_ac(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
-        return [app_commands.Choice(name=s, value=s) for s in self.app.catalog.services if current.lower() in s][:25]
 
-    @logs.autocomplete("env")
-    async def _env_ac(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
-        return [app_commands.Choice(name=e, value=e) for e in self.app.catalog.envs if current.lower() in e][:25]
 
 
 async def setup(bot: commands.Bot) -> None:

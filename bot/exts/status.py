@@ -9,6 +9,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot import autocomplete
 from bot.checks import member_allows, requires
 from bot.render import status_embeds
 from commands.catalog import UserError
@@ -24,6 +25,7 @@ class Status(commands.Cog):
         self.app = bot.app  # type: ignore[attr-defined]
 
     @commands.hybrid_command(name="status")
+    @app_commands.autocomplete(service=autocomplete.services, env=autocomplete.envs)
     @requires("status")
     @app_commands.describe(service="a service (default: all)", env="an environment (default: all)")
     async def status(self, ctx: commands.Context[Any], service: str | None = None, env: str | None = None) -> None:
@@ -53,13 +55,7 @@ class Status(commands.Cog):
             notes.append(f"{hidden} hidden by your grants")
         await ctx.send(" · ".join(notes) or None, embeds=embeds)
 
-    @status.autocomplete("service")
-    async def _service_ac(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
-        return [app_commands.Choice(name=s, value=s) for s in self.app.catalog.services if current.lower() in s][:25]
 
-    @status.autocomplete("env")
-    async def _env_ac(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
-        return [app_commands.Choice(name=e, value=e) for e in self.app.catalog.envs if current.lower() in e][:25]
 
 
 async def setup(bot: commands.Bot) -> None:

@@ -55,3 +55,11 @@ async def test_unreachable_cluster_is_a_message_not_a_traceback(world):
     text = embed_text(reply)
     assert "cannot reach the cluster" in text
     assert "Traceback" not in text
+
+
+async def test_slash_options_autocomplete_from_the_catalog(world):
+    member = world.members["member"]
+    choices = await member.autocomplete(world.channels["ops"], "status", "service", "chat")
+    assert [c["value"] for c in choices] == ["chat", "chat-gui"]
+    choices = await world.members["mod"].autocomplete(world.channels["ops"], "deploy", "env", "st")
+    assert [c["value"] for c in choices] == ["staging"]
