@@ -42,6 +42,7 @@ from sandbox.cluster import (
 )
 from sandbox.controller import Controllers, Timing, install, running
 from sandbox.kubeconfig import write_kubeconfig
+from sandbox.metrics import SandboxMetrics
 from sandbox.seed import seed
 
 PATCHES: dict[str, Callable[[Obj, Any], Obj]] = {
@@ -411,6 +412,7 @@ class KubernetesApi:
         self.cluster = cluster
         self._host_port = host_port
         self.closing = asyncio.Event()
+        self.metrics = SandboxMetrics(cluster)
         self._handlers: dict[tuple[str, str], Handler] = {
             ("GET", "collection"): self.list_or_watch,
             ("GET", "object"): self.get,
@@ -438,6 +440,7 @@ class KubernetesApi:
         app.router.add_get("/version/", self.version)  # what the python client asks for
         for probe in ("/healthz", "/livez", "/readyz"):
             app.router.add_get(probe, self.healthy)
+        app.router.add_get("/metrics", self.serve_metrics)
         app.router.add_get("/api", self.core_versions)
         app.router.add_get("/apis", self.groups)
         app.router.add_route("*", "/{tail:.*}", self.dispatch)
@@ -459,6 +462,11 @@ class KubernetesApi:
 
     async def healthy(self, _request: web.Request) -> web.Response:
         return web.Response(text="ok")
+
+    async def serve_metrics(self, _request: web.Request) -> web.Response:
+        """Per-pod series of every Deployment, for a real Prometheus (sandbox/metrics.py)."""
+        return web.Response(body=self.metrics.exposition(),
+                            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
     async def core_versions(self, request: web.Request) -> web.Response:
         if _wants_aggregated(request):
