@@ -230,7 +230,7 @@ class AlertView(_View):
 
 class TimelineEntry(_View):
     at: datetime
-    kind: str = Field(description="fired | joined | refired | resolved | acked | unacked | silenced | unsilenced | reconciled | closed")
+    kind: str = Field(description="fired | joined | refired | resolved | acked | unacked | silenced | unsilenced | reconciled | closed | note | resolved_by_hand")
     text: str
 
 

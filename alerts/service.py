@@ -8,6 +8,9 @@ Actions for buttons and commands::
 
     await alerts.ack(12, user_id, "oncall")              # Acknowledge button, !ack 12
     await alerts.unack(12, user_id, "oncall")
+    await alerts.note(12, "oncall", "restarted the pods")  # !note 12 …
+    await alerts.resolve(12, user_id, "oncall")          # !resolve 12 (the bot only)
+    await alerts.stats(timedelta(days=7))                 # !incidents stats 7d
     await alerts.silence(12, "1h", "oncall")             # Silence 1h button → a real silence
     await alerts.incidents()                              # !incidents
     await alerts.silences(); await alerts.expire_silence(id, "oncall")   # !silences, !unsilence
@@ -52,6 +55,7 @@ from alerts.notify import Notifier, OutMessage
 from alerts.outbox import Outbox
 from alerts.render import RenderOptions, render_incident, render_notice, render_timeline
 from alerts.routing import Matcher, MatcherError, Router, parse_matchers
+from alerts.stats import ResponseStats, response_stats
 from alerts.store import AlertStore, MessageWork, StoreOptions, TimelineWork
 from alerts.watchdog import Watchdog
 from commands.catalog import UserError
@@ -315,6 +319,30 @@ class AlertService:
         view, channels = await self._db.run(self.store.unack, incident_id, user_id, user_name)
         self.outbox.wake(channels)
         return view
+
+    async def note(self, incident_id: int, user_name: str, text: str) -> IncidentView:
+        """``!note 12 text``: a timeline entry, posted to the incident's thread by the outbox."""
+        view, channels = await self._db.run(self.store.note, incident_id, user_name, text)
+        self.outbox.wake(channels)
+        return view
+
+    async def resolve(self, incident_id: int, user_id: int | None, user_name: str) -> tuple[IncidentView, int]:
+        """``!resolve 12``: close the incident in the bot (the message turns resolved, escalation
+        stops, the timeline says who). Alertmanager is not told and may still be firing: returns
+        the incident and how many of its alerts were firing when it was closed."""
+        view, channels, firing = await self._db.run(self.store.resolve, incident_id, user_id, user_name)
+        self.outbox.wake(channels)
+        log.info("incident #%s resolved by hand by %s (%s); %s alerts were firing", incident_id, user_name,
+                 user_id, firing)
+        return view, firing
+
+    async def stats(self, period: timedelta, *, until: datetime | None = None) -> ResponseStats:
+        """``!incidents stats 7d``: response stats of the incidents opened in the last ``period``
+        (before ``until``, default now). Sample incidents (``!testalert``) count too."""
+        end = until or self._clock()
+        since = end - period
+        rows = await self._db.run(self.store.stats_records, since, end)
+        return response_stats(rows, since, until)
 
     # ------------------------------------------------------------------------ silences
 

@@ -60,6 +60,7 @@ from alerts.models import (
     WebhookPayload,
 )
 from alerts.routing import Router
+from alerts.stats import IncidentRecord
 from commands.catalog import UserError
 from commands.db import Base, Database, UTCDateTime, utcnow
 from commands.timeutil import short
@@ -67,6 +68,7 @@ from commands.timeutil import short
 log = logging.getLogger(__name__)
 
 _CHUNK = 500  # bound parameters per IN (...) query
+MAX_NOTE = 900  # a timeline entry holds 1,000 characters; this leaves room for "note by <name>: "
 
 
 class IncidentRow(Base):
@@ -627,6 +629,53 @@ class AlertStore:
             session.flush()
             return self._view(session, row), channels
 
+    def note(self, incident_id: int, user_name: str, text_: str) -> tuple[IncidentView, set[str]]:
+        """A note from a person in the timeline (posted to the thread like the other entries).
+
+        Notes go on closed incidents too (what was found afterwards). The message itself does not
+        change; the returned channels are the primary's, whose sender posts the timeline.
+        """
+        text_ = text_.strip()
+        if not text_:
+            raise UserError("a note needs some text, e.g. `!note 12 restarted the chat pods`")
+        if len(text_) > MAX_NOTE:
+            raise UserError(f"a note can be at most {MAX_NOTE} characters")
+        with self._write, self._db.session() as session:
+            row = self._get(session, incident_id)
+            self._event(session, row, self._clock(), "note", f"note by {user_name}: {text_}")
+            session.flush()
+            channels = set(session.scalars(select(DeliveryRow.channel).where(
+                DeliveryRow.incident_id == row.id, DeliveryRow.is_primary.is_(True))))
+            return self._view(session, row), channels
+
+    def resolve(self, incident_id: int, user_id: int | None, user_name: str) -> tuple[IncidentView, set[str], int]:
+        """Resolve an incident by hand, in the bot only; returns (view, channels, alerts still firing).
+
+        Its firing alerts are marked resolved now, so the incident stays closed when Alertmanager
+        later sends their resolution; if Alertmanager still fires them, its repeats are duplicates
+        of what was seen, and an alert that fires anew in the group opens a new incident.
+        """
+        with self._write, self._db.session() as session:
+            row = self._get(session, incident_id)
+            if not row.is_open:
+                raise UserError(f"incident #{incident_id} is resolved already")
+            now = self._clock()
+            firing = session.scalars(
+                select(AlertRow).where(AlertRow.incident_id == row.id, AlertRow.status == "firing")
+            ).all()
+            for a in firing:
+                a.status, a.ends_at = "resolved", now
+            row.is_open, row.status, row.resolved_at = False, "resolved", max(now, row.opened_at)
+            took = short(row.resolved_at - row.opened_at)
+            still = f" while Alertmanager had {len(firing)} alert{'s' if len(firing) != 1 else ''} firing" if firing else ""
+            who = f"{user_name} ({user_id})" if user_id else user_name
+            self._event(session, row, now, "resolved_by_hand",
+                        f"resolved by hand in opsbot by {who} after {took}{still}; "
+                        "Alertmanager may still be firing")
+            channels = self._bump(session, row, now)
+            session.flush()
+            return self._view(session, row), channels, len(firing)
+
     def silence_target(self, incident_id: int) -> IncidentView:
         with self._db.session() as session:
             row = self._get(session, incident_id)
@@ -688,6 +737,18 @@ class AlertStore:
         stmt = stmt.order_by(IncidentRow.is_open.desc(), IncidentRow.severity_rank, IncidentRow.id.desc())
         with self._db.session() as session:
             return [self._view(session, r, alerts=False) for r in session.scalars(stmt.limit(limit))]
+
+    def stats_records(self, since: datetime, until: datetime | None = None) -> list[IncidentRecord]:
+        """Incidents opened in ``[since, until)`` as :func:`alerts.stats.response_stats` takes them."""
+        stmt = select(IncidentRow).where(IncidentRow.opened_at >= since)
+        if until is not None:
+            stmt = stmt.where(IncidentRow.opened_at < until)
+        with self._db.session() as session:
+            return [
+                IncidentRecord(id=r.id, severity=r.severity, service=r.service, created_at=r.opened_at,
+                               acked_at=r.acked_at, acked_by=r.acked_by, resolved_at=r.resolved_at)
+                for r in session.scalars(stmt.order_by(IncidentRow.id))
+            ]
 
     def _view(self, session: Session, row: IncidentRow, *, alerts: bool = True, timeline: bool = False) -> IncidentView:
         counts = dict(
