@@ -112,7 +112,16 @@ REPLICASETS = ResourceKind(
     subresources=(_SCALE, _STATUS),
 )
 
-KINDS: tuple[ResourceKind, ...] = (NAMESPACES, PODS, EVENTS, DEPLOYMENTS, REPLICASETS)
+JOBS = ResourceKind(
+    "batch", "v1", "jobs", "Job", "job", categories=("all",), has_generation=True,
+    field_labels=("status.successful",), subresources=(_STATUS,),
+)
+CRONJOBS = ResourceKind(
+    "batch", "v1", "cronjobs", "CronJob", "cronjob", short_names=("cj",), categories=("all",),
+    has_generation=True, subresources=(_STATUS,),
+)
+
+KINDS: tuple[ResourceKind, ...] = (NAMESPACES, PODS, EVENTS, DEPLOYMENTS, REPLICASETS, JOBS, CRONJOBS)
 
 
 # --------------------------------------------------------------------------- errors

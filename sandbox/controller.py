@@ -120,9 +120,12 @@ def install(cluster: Cluster, timing: Timing | None = None) -> Controllers:
     """Run the controllers on ``cluster``'s ticks; what exists now counts as already settled."""
     if running(cluster) is not None:
         raise RuntimeError("the sandbox controllers already run on this cluster")
+    from sandbox.jobs import JobController
+
     controllers = Controllers(timing or Timing())
     controllers.adopt_state(cluster)
     cluster.add_controller(controllers)
+    cluster.add_controller(JobController.from_timing(controllers.timing))
     return controllers
 
 

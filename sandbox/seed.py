@@ -305,6 +305,9 @@ def seed(cluster: Cluster) -> Cluster:
         for i, service in enumerate(world.SERVICES):
             rolled_out = now - ROLLED_OUT_AGO.get(env, timedelta(hours=1)) - timedelta(minutes=2 * i)
             seed_deployment(cluster, service, env, world.ENV_SPECS[env], rolled_out)
+    from sandbox.jobs import seed_cronjobs
+
+    seed_cronjobs(cluster, list(world.ENVS), created)
     return cluster
 
 

@@ -432,6 +432,8 @@ class KubernetesApi:
             ("deployments", "status"): status,
             ("replicasets", "scale"): scale,
             ("replicasets", "status"): status,
+            ("jobs", "status"): status,
+            ("cronjobs", "status"): status,
         }
 
     def app(self) -> web.Application:

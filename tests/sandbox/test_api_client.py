@@ -190,7 +190,7 @@ def test_legacy_discovery_serves_the_dynamic_client(api: client.ApiClient) -> No
 @pytest.mark.parametrize(
     ("method", "path", "status"),
     [
-        ("GET", "/apis/batch/v1/jobs", 404),
+        ("GET", "/apis/networking.k8s.io/v1/ingresses", 404),
         ("GET", "/api/v1/namespaces/prod/pods/x/log", 404),
         ("GET", "/openapi/v2", 404),
         ("GET", "/api/v1/pods/x", 404),
