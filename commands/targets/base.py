@@ -7,7 +7,9 @@ Every method takes the service and env names (for messages) and the config targe
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel, Field
 
 from commands.models import RevisionInfo, RolloutProgress, TargetState
 
@@ -29,6 +31,10 @@ class Unreachable(PlatformError):
 
 class Conflict(PlatformError):
     """Someone else changed the object meanwhile (HTTP 409); try again."""
+
+
+class Unsupported(PlatformError):
+    """This kind of target cannot do that (``scale`` on a Docker container, ``prune`` on Kubernetes)."""
 
 
 @runtime_checkable
@@ -72,3 +78,57 @@ class Platform(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+# ----------------------------------------------------------------------------- maintenance actions
+
+
+class JobRun(BaseModel):
+    """A Job made from a CronJob's template, watched to its end (``run-job``)."""
+
+    name: str
+    namespace: str
+    cronjob: str
+    outcome: Literal["complete", "failed", "timeout"]
+    reason: str | None = None  # BackoffLimitExceeded, DeadlineExceeded, …
+    message: str | None = None
+    seconds: float = 0.0
+    succeeded: int = 0
+    failed: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == "complete"
+
+
+class PruneResult(BaseModel):
+    """What ``docker image prune`` removed on one host."""
+
+    host: str
+    images_deleted: int = 0
+    space_reclaimed: int = Field(0, description="bytes")
+
+
+@runtime_checkable
+class MaintenancePlatform(Protocol):
+    """The maintenance actions of a platform. A target that cannot do one raises :class:`Unsupported`."""
+
+    async def restart(self, service: str, env: str, target: object, change_cause: str) -> int:
+        """``kubectl rollout restart`` (a new pod template annotation) or a container restart.
+        Returns the generation to watch with ``progress``."""
+        ...
+
+    async def scale(self, service: str, env: str, target: object, replicas: int) -> tuple[int, int]:
+        """Set the replica count; returns (the previous count, the generation to watch)."""
+        ...
+
+    async def run_job(self, service: str, env: str, target: object, cronjob: str, *,
+                      timeout: float, poll_interval: float = 1.0) -> JobRun:
+        """Create a Job from ``cronjob``'s jobTemplate (``kubectl create job --from=cronjob/…``) in the
+        target's namespace and watch it until it completes, fails or ``timeout`` seconds pass."""
+        ...
+
+    async def prune_images(self, service: str, env: str, target: object, *, all_unused: bool = False,
+                           older_than_hours: int | None = None) -> PruneResult:
+        """``docker image prune`` on the target's host (``-a`` with ``all_unused``)."""
+        ...

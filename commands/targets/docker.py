@@ -72,7 +72,7 @@ from commands.models import (
     TargetState,
 )
 from commands.redact import Redactor
-from commands.targets.base import NotFound, PlatformError, Unreachable
+from commands.targets.base import JobRun, NotFound, PlatformError, PruneResult, Unreachable, Unsupported
 from config.settings import DockerTarget
 
 log = logging.getLogger(__name__)
@@ -819,6 +819,56 @@ class DockerPlatform:
             return self._swap(s, now, now.current_revision or 1, target_id, None, policy=policy)
 
         return info, await self._run(target, "roll back", revive)
+
+    # ----------------------------------------------------------------- maintenance actions
+
+    async def restart(self, service: str, env: str, target: DockerTarget, change_cause: str) -> int:
+        """``docker restart`` of the service container (its stop timeout, then a start); the
+        running revision is the generation: ``progress`` reports it healthy again as after a deploy."""
+        host = self.host(target)
+
+        def restart(s: _Session) -> int:
+            fam = s.family()
+            current = fam.current
+            if current is None:
+                raise NotFound(f"no container {s.name} on Docker at {s.host}")
+            if (current.get("State") or {}).get("Paused"):
+                raise PlatformError(f"container {s.name} is paused; unpause it first")
+            grace = (current.get("Config") or {}).get("StopTimeout")
+            s.api.restart(current["Id"], timeout=int(grace) if grace is not None else 10)
+            generation = fam.current_revision or 1
+            with self._lock:
+                self._watches[(host, s.name, generation)] = _Watch(note="restarted")
+            return generation
+
+        return await self._run(target, "restart", restart)
+
+    async def scale(self, service: str, env: str, target: DockerTarget, replicas: int) -> tuple[int, int]:
+        raise Unsupported(f"`{service}` in `{env}` is one Docker container; scaling is for Kubernetes targets")
+
+    async def run_job(self, service: str, env: str, target: DockerTarget, cronjob: str, *,
+                      timeout: float, poll_interval: float = 1.0) -> JobRun:
+        raise Unsupported(f"`{service}` in `{env}` runs on Docker, which has no CronJobs; run-job is for "
+                          "Kubernetes targets")
+
+    async def prune_images(self, service: str, env: str, target: DockerTarget, *, all_unused: bool = False,
+                           older_than_hours: int | None = None) -> PruneResult:
+        """``docker image prune`` on the target's host: dangling images, or with ``all_unused`` every
+        image no container uses (kept revisions are containers, so their images stay); with
+        ``older_than_hours`` only images created before then (``--filter until=…h``)."""
+        host = self.host(target)
+        filters: dict[str, Any] = {"dangling": not all_unused}
+        if older_than_hours is not None:
+            filters["until"] = f"{int(older_than_hours)}h"
+
+        def prune(s: _Session) -> PruneResult:
+            before = {i["Id"] for i in s.api.images(all=True)}
+            answer = s.api.prune_images(filters=filters) or {}
+            after = {i["Id"] for i in s.api.images(all=True)}
+            return PruneResult(host=host, images_deleted=len(before - after),
+                               space_reclaimed=int(answer.get("SpaceReclaimed") or 0))
+
+        return await self._run(target, "prune", prune, what="unused images")
 
     # ----------------------------------------------------------------- logs
 

@@ -28,7 +28,9 @@ import contextlib
 import copy
 import json
 import math
+import secrets
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,7 +49,15 @@ from commands.models import (
     RolloutState,
     TargetState,
 )
-from commands.targets.base import Conflict, NotFound, PlatformError, Unreachable
+from commands.targets.base import (
+    Conflict,
+    JobRun,
+    NotFound,
+    PlatformError,
+    PruneResult,
+    Unreachable,
+    Unsupported,
+)
 from config.settings import KubernetesTarget
 
 T = TypeVar("T")
@@ -229,6 +239,94 @@ class KubernetesPlatform:
             return info, int(patched["metadata"].get("generation") or 0)
 
         return await _again_on_conflict(attempt)
+
+    # ----------------------------------------------------------------- maintenance actions
+
+    async def restart(self, service: str, env: str, target: KubernetesTarget, change_cause: str) -> int:
+        """``kubectl rollout restart``: the pod template gets the annotation
+        ``kubectl.kubernetes.io/restartedAt`` (now, RFC 3339), so the controller rolls every pod;
+        ``change_cause`` is recorded. Returns the generation to watch."""
+        s = await self._session(target)
+        what = s.deployment_name
+
+        async def attempt() -> int:
+            deployment = await s.read_deployment()
+            if deployment["spec"].get("paused"):
+                raise PlatformError(_paused(what, target))
+            now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            patch = {
+                "metadata": {"resourceVersion": deployment["metadata"]["resourceVersion"],
+                             "annotations": {CHANGE_CAUSE: change_cause}},
+                "spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: now}}}},
+            }
+            patched = await s.call(what, "restart", s.apps.patch_namespaced_deployment,
+                                   target.deployment, target.namespace, patch,
+                                   _content_type=STRATEGIC_MERGE)
+            return int(patched["metadata"].get("generation") or 0)
+
+        return await _again_on_conflict(attempt)
+
+    async def scale(self, service: str, env: str, target: KubernetesTarget, replicas: int) -> tuple[int, int]:
+        """``kubectl scale --replicas=N``: returns (the previous count, the generation to watch)."""
+        if not 0 <= replicas <= 1000:
+            raise PlatformError(f"cannot scale to {replicas} replicas (0..1000)")
+        s = await self._session(target)
+        what = s.deployment_name
+
+        async def attempt() -> tuple[int, int]:
+            deployment = await s.read_deployment()
+            previous = deployment["spec"].get("replicas")
+            previous = 1 if previous is None else int(previous)
+            patch = {"metadata": {"resourceVersion": deployment["metadata"]["resourceVersion"]},
+                     "spec": {"replicas": replicas}}
+            patched = await s.call(what, "scale", s.apps.patch_namespaced_deployment,
+                                   target.deployment, target.namespace, patch, _content_type=MERGE_PATCH)
+            return previous, int(patched["metadata"].get("generation") or 0)
+
+        return await _again_on_conflict(attempt)
+
+    async def run_job(self, service: str, env: str, target: KubernetesTarget, cronjob: str, *,
+                      timeout: float, poll_interval: float = 1.0) -> JobRun:
+        """``kubectl create job <cronjob>-opsbot-<suffix> --from=cronjob/<cronjob>`` in the target's
+        namespace (labels and annotations of the jobTemplate, ``cronjob.kubernetes.io/instantiate:
+        manual``, owned by the CronJob), then watched until its Complete or Failed condition, or
+        ``timeout`` seconds."""
+        s = await self._session(target)
+        ns = target.namespace
+        batch = client.BatchV1Api(s.api)
+        what = f"cronjob {ns}/{cronjob}"
+        try:
+            source = await s.call(what, "read", batch.read_namespaced_cron_job, cronjob, ns)
+        except NotFound:
+            listed = await s.call(f"the cronjobs in {ns}", "list", batch.list_namespaced_cron_job, ns)
+            names = sorted(c["metadata"]["name"] for c in listed.get("items") or [])
+            raise NotFound(f"no cronjob {cronjob} in namespace {ns}; cronjobs there: "
+                           f"{', '.join(names) or 'none'}") from None
+        job = job_from_cronjob(source, f"{cronjob[:40]}-opsbot-{_suffix()}")
+        created = await s.call(f"a job from {what}", "create", batch.create_namespaced_job, ns, job)
+        name = created["metadata"]["name"]
+        started = time.monotonic()
+        while True:
+            try:
+                current = await s.call(f"job {ns}/{name}", "read", batch.read_namespaced_job, name, ns)
+            except Unreachable:
+                current = None  # a blip while watching is not a failed job
+            elapsed = time.monotonic() - started
+            if current is not None:
+                run = job_run(current, cronjob, elapsed)
+                if run is not None:
+                    return run
+            if elapsed >= timeout:
+                status = (current or {}).get("status") or {}
+                return JobRun(name=name, namespace=ns, cronjob=cronjob, outcome="timeout", seconds=elapsed,
+                              succeeded=status.get("succeeded") or 0, failed=status.get("failed") or 0,
+                              message=f"not finished after {timeout:g} s; it keeps running in the cluster")
+            await asyncio.sleep(poll_interval)
+
+    async def prune_images(self, service: str, env: str, target: KubernetesTarget, *, all_unused: bool = False,
+                           older_than_hours: int | None = None) -> PruneResult:
+        raise Unsupported("image prune is for Docker hosts; on Kubernetes the kubelet collects unused "
+                          "images itself")
 
     # ----------------------------------------------------------------- logs
 
@@ -433,6 +531,9 @@ def _summary(event: Any) -> EventSummary:
 Obj = dict[str, Any]
 
 CHANGE_CAUSE = "kubernetes.io/change-cause"
+RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
+INSTANTIATE = "cronjob.kubernetes.io/instantiate"
+MERGE_PATCH = "application/merge-patch+json"
 TEMPLATE_HASH = "pod-template-hash"
 STRATEGIC_MERGE = "application/strategic-merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
@@ -473,6 +574,7 @@ class _Session:
         self.target = target
         self.timeout = timeout
         self.host = api.configuration.host
+        self.api = api
         self.apps = client.AppsV1Api(api)
         self.core = client.CoreV1Api(api)
         self.deployment_name = f"deployment {target.namespace}/{target.deployment}"
@@ -804,6 +906,46 @@ def rollback_patch(deployment: Obj, rs: Obj, template: Obj, change_cause: str) -
         {"op": "replace" if "annotations" in meta else "add", "path": "/metadata/annotations",
          "value": annotations},
     ]
+
+
+# ----------------------------------------------------------------- jobs
+
+
+def _suffix(length: int = 5) -> str:
+    alphabet = "bcdfghjklmnpqrstvwxz2456789"  # what Kubernetes uses for generated names
+    return "".join(secrets.choice(alphabet) for _ in range(length))
+
+
+def job_from_cronjob(cronjob: Obj, name: str) -> Obj:
+    """The Job ``kubectl create job NAME --from=cronjob/…`` makes (pkg/cmd/create/create_job.go)."""
+    template = copy.deepcopy((cronjob.get("spec") or {}).get("jobTemplate") or {})
+    meta = template.get("metadata") or {}
+    annotations = {INSTANTIATE: "manual", **(meta.get("annotations") or {})}
+    cmeta = cronjob["metadata"]
+    return {
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {
+            "name": name, "labels": meta.get("labels") or {}, "annotations": annotations,
+            "ownerReferences": [{"apiVersion": "batch/v1", "kind": "CronJob", "name": cmeta["name"],
+                                 "uid": cmeta["uid"], "controller": True}],
+        },
+        "spec": template.get("spec") or {},
+    }
+
+
+def job_run(job: Obj, cronjob: str, seconds: float) -> JobRun | None:
+    """The end of ``job`` as a JobRun; None while it runs."""
+    status = job.get("status") or {}
+    done = {c.get("type"): c for c in status.get("conditions") or [] if c.get("status") == "True"}
+    meta = job["metadata"]
+    common = dict(name=meta["name"], namespace=meta.get("namespace", ""), cronjob=cronjob, seconds=seconds,
+                  succeeded=status.get("succeeded") or 0, failed=status.get("failed") or 0)
+    if "Complete" in done:
+        return JobRun(outcome="complete", **common)
+    if "Failed" in done:
+        condition = done["Failed"]
+        return JobRun(outcome="failed", reason=condition.get("reason"), message=condition.get("message"), **common)
+    return None
 
 
 # ----------------------------------------------------------------- log streams
