@@ -302,6 +302,7 @@ class OnCall:
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._db = db
+        self._timezone = timezone
         self.config = config
         self.rotations = {name: Rotation(name, rc, timezone) for name, rc in config.rotations.items()}
         self._scheduler = scheduler
@@ -316,6 +317,12 @@ class OnCall:
     def from_settings(cls, db: Database, settings: Settings, **kwargs: Any) -> OnCall:
         kwargs.setdefault("ops_channel", settings.channels.ops)
         return cls(db, settings.oncall, timezone=settings.timezone, **kwargs)
+
+    def configure(self, config: OncallConfig) -> None:
+        """Replace the rotations (the demo world maps its user names onto its guild's IDs).
+        Overrides are kept; call :meth:`schedule_handoffs` afterwards to move roles."""
+        self.config = config
+        self.rotations = {name: Rotation(name, rc, self._timezone) for name, rc in config.rotations.items()}
 
     # -- reading ----------------------------------------------------------------------------
 

@@ -330,7 +330,7 @@ class AlertService:
         """``!resolve 12``: close the incident in the bot (the message turns resolved, escalation
         stops, the timeline says who). Alertmanager is not told and may still be firing: returns
         the incident and how many of its alerts were firing when it was closed."""
-        view, channels, firing = await self._db.run(self.store.resolve, incident_id, user_id, user_name)
+        view, channels, firing = await self._db.run(self.store.resolve, incident_id, user_name)
         self.outbox.wake(channels)
         log.info("incident #%s resolved by hand by %s (%s); %s alerts were firing", incident_id, user_name,
                  user_id, firing)

@@ -648,7 +648,7 @@ class AlertStore:
                 DeliveryRow.incident_id == row.id, DeliveryRow.is_primary.is_(True))))
             return self._view(session, row), channels
 
-    def resolve(self, incident_id: int, user_id: int | None, user_name: str) -> tuple[IncidentView, set[str], int]:
+    def resolve(self, incident_id: int, user_name: str) -> tuple[IncidentView, set[str], int]:
         """Resolve an incident by hand, in the bot only; returns (view, channels, alerts still firing).
 
         Its firing alerts are marked resolved now, so the incident stays closed when Alertmanager
@@ -668,9 +668,8 @@ class AlertStore:
             row.is_open, row.status, row.resolved_at = False, "resolved", max(now, row.opened_at)
             took = short(row.resolved_at - row.opened_at)
             still = f" while Alertmanager had {len(firing)} alert{'s' if len(firing) != 1 else ''} firing" if firing else ""
-            who = f"{user_name} ({user_id})" if user_id else user_name
             self._event(session, row, now, "resolved_by_hand",
-                        f"resolved by hand in opsbot by {who} after {took}{still}; "
+                        f"resolved by hand in opsbot by {user_name} after {took}{still}; "
                         "Alertmanager may still be firing")
             channels = self._bump(session, row, now)
             session.flush()

@@ -7,9 +7,10 @@ makes the discord.py bot that serves it (real gateway in ``opsbot run``, simcord
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import discord
@@ -28,18 +29,18 @@ from commands.catalog import UserError
 from commands.scheduler import Scheduler
 from commands.audit import AuditLog
 from commands.catalog import Catalog
-from commands.db import Database
+from commands.db import Database, utcnow
 from commands.deploy import Deployer
 from commands.locks import LockManager
 from commands.permissions import Policy
 from commands.targets.base import Platform
 from commands.tasks import Supervisor
-from config.settings import PermissionsConfig, Settings
+from config.settings import OncallConfig, PermissionsConfig, Settings
 
 log = logging.getLogger(__name__)
 
 EXTENSIONS = ("bot.exts.core", "bot.exts.status", "bot.exts.audit", "bot.exts.deploy", "bot.exts.locks",
-              "bot.exts.logs", "bot.exts.alerts")
+              "bot.exts.logs", "bot.exts.alerts", "bot.exts.oncall")
 
 
 @dataclass
@@ -57,6 +58,7 @@ class App:
     deployer: Deployer = field(init=False)
     pending: PendingStore = field(default_factory=PendingStore)
     bot: commands.Bot | None = None
+    clock: Callable[[], datetime] = utcnow  # on-call and the scheduler (escalation, hand-offs); tests inject one
     notifier: DiscordNotifier = field(init=False)
     alerts: AlertService = field(init=False)
     scheduler: Scheduler = field(init=False)
@@ -74,6 +76,13 @@ class App:
         self.settings.permissions = permissions
         self.policy = Policy(permissions)
 
+    async def replace_oncall(self, oncall: OncallConfig) -> None:
+        """Swap rotations and escalation policies (the demo world maps user names onto its members)."""
+        self.settings.oncall = oncall
+        self.oncall.configure(oncall)
+        self.escalation.config = oncall
+        await self.oncall.schedule_handoffs()
+
     def ready(self) -> tuple[bool, str]:
         if self.bot is None or not self.bot.is_ready():
             return False, "discord session not ready"
@@ -81,7 +90,8 @@ class App:
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, settings: Settings, *, serve_http: bool = True) -> AsyncIterator[App]:
+    async def open(cls, settings: Settings, *, serve_http: bool = True,
+                   clock: Callable[[], datetime] = utcnow) -> AsyncIterator[App]:
         async with AsyncExitStack() as stack:
             settings.data_dir.mkdir(parents=True, exist_ok=True)
             db = Database(settings.database)
@@ -108,7 +118,7 @@ class App:
             stack.push_async_callback(supervisor.stop)
 
             app = cls(settings=settings, db=db, audit=AuditLog(db), metrics=Metrics(),
-                      supervisor=supervisor, platforms=platforms, locks=LockManager(db))
+                      supervisor=supervisor, platforms=platforms, locks=LockManager(db), clock=clock)
             await app._open_alerting(stack)
             if serve_http:
                 app.http = HttpServer(settings.webhook_listen, app.metrics, app.ready)
@@ -122,9 +132,9 @@ class App:
         settings, db = self.settings, self.db
         self.notifier = DiscordNotifier(lambda: self.bot)
         self.alerts = AlertService(settings, db, self.notifier)
-        self.scheduler = Scheduler.from_settings(db, settings, on_problem=self._scheduler_problem)
+        self.scheduler = Scheduler.from_settings(db, settings, clock=self.clock, on_problem=self._scheduler_problem)
         self.oncall = OnCall.from_settings(db, settings, scheduler=self.scheduler, notifier=self.notifier,
-                                           role_sync=RoleSync(lambda: self.bot))
+                                           role_sync=RoleSync(lambda: self.bot), clock=self.clock)
         self.escalation = EscalationEngine(self.scheduler, self.notifier, self.oncall, _IncidentLookup(self.alerts),
                                            db=db, config=settings.oncall, dm=self.notifier)
         self.alerts.outbox.on_message = self._incident_message

@@ -18,12 +18,17 @@ from typing import Any
 
 import simcord
 
+from alerts.oncall import Rotation
 from bot.app import App, OpsBot, create_bot
+from commands.db import utcnow
 from config.settings import (
     EnvConfig,
     KubernetesTarget,
+    OncallConfig,
     PermissionsConfig,
     RoleGrants,
+    RotationConfig,
+    RotationMember,
     ServiceConfig,
     Settings,
     load_settings,
@@ -50,6 +55,9 @@ def sandbox_settings(**overrides: Any) -> Settings:
                              **overrides)
     if not settings.alertmanager_url:
         settings.alerts.watchdog_minutes = 0  # no Alertmanager, no Watchdog alert to wait for
+    if settings.alerts.default_route.escalation is None:
+        # The demo policy: populate() adds it once the demo rotations have the guild's user IDs.
+        settings.alerts.default_route.escalation = world.DEMO_ESCALATION_POLICY
     return settings
 
 
@@ -84,8 +92,36 @@ def _policy_for(settings: Settings, roles: dict[str, Any]) -> PermissionsConfig:
     )
 
 
+def _oncall_for(settings: Settings, members: dict[str, Any], now: datetime) -> OncallConfig:
+    """Map on-call rotations onto this guild's members by their name labels, as roles are.
+
+    A config without rotations gets the sandbox world's demo rotations, each anchored on its
+    latest hand-off so that its first member is on call now, and the demo escalation policy.
+    Members of configured rotations whose label is a demo user's name get that user's ID.
+    """
+    current = settings.oncall
+    if current.rotations:
+        rotations = {
+            name: rc.model_copy(update={"members": [
+                RotationMember(id=members[m.name].id, name=m.name) if m.name in members else m for m in rc.members]})
+            for name, rc in current.rotations.items()
+        }
+        return OncallConfig(rotations=rotations, escalation_policies=current.escalation_policies)
+    rotations = {}
+    for name, spec in world.DEMO_ROTATIONS.items():
+        users = [str(u) for u in spec["members"]]  # type: ignore[attr-defined]
+        rc = RotationConfig.model_validate({**spec, "members": [{"id": members[u].id, "name": u} for u in users]})
+        today = now.astimezone(Rotation(name, rc, settings.timezone).tz).date()
+        rc = rc.model_copy(update={"start": today})
+        if Rotation(name, rc, settings.timezone).shift_start(0) > now:
+            rc = rc.model_copy(update={"start": today - timedelta(days=1)})
+        rotations[name] = rc
+    policies = {world.DEMO_ESCALATION_POLICY: world.DEMO_ESCALATION, **current.escalation_policies}
+    return OncallConfig.model_validate({"rotations": rotations, "escalation_policies": policies})
+
+
 async def populate(env: simcord.Env, app: App) -> dict[str, Any]:
-    """Create the demo guild and map the permission policy onto it."""
+    """Create the demo guild and map the permission policy and the on-call rotations onto it."""
     await app.bot.user.edit(username="opsbot")  # type: ignore[union-attr]
     guild = env.create_guild(world.GUILD_NAME)
     channels = {name: guild.create_text_channel(name) for name in world.CHANNELS}
@@ -96,6 +132,7 @@ async def populate(env: simcord.Env, app: App) -> dict[str, Any]:
         for user, role_list in world.USERS.items()
     }
     app.replace_permissions(_policy_for(app.settings, roles))
+    await app.replace_oncall(_oncall_for(app.settings, members, app.clock()))
     # Slash commands are synced deliberately, as on real Discord.
     await app.bot.tree.sync()  # type: ignore[union-attr]
     return {"guild": guild, "channels": channels, "roles": roles, "members": members}
@@ -147,13 +184,15 @@ async def open_world(
     wall_clock: bool = False,
     sandbox_timing: Any = None,
     tweak: Callable[[Settings], None] | None = None,
+    clock: Callable[[], datetime] | None = None,
     **overrides: Any,
 ) -> AsyncIterator[World]:
     """Start the whole embedded world; stop it all on exit.
 
     Without ``kubeconfig`` (and without one in the settings) an in-process sandbox cluster is
     started and used, when any target is on Kubernetes (a Docker-only config needs none).
-    ``settings`` wins over ``config``; both default to the sandbox world.
+    ``settings`` wins over ``config``; both default to the sandbox world. ``clock`` is the app's
+    (on-call, escalation and the scheduler: tests move it and call ``app.scheduler.run_due()``).
     """
     async with AsyncExitStack() as stack:
         if data_dir is None:
@@ -170,7 +209,7 @@ async def open_world(
 
             sandbox = stack.enter_context(SandboxServer(timing=sandbox_timing))
             settings.kubeconfig = sandbox.write_kubeconfig(Path(data_dir) / "sandbox.kubeconfig")
-        app = await stack.enter_async_context(App.open(settings, serve_http=serve_http))
+        app = await stack.enter_async_context(App.open(settings, serve_http=serve_http, clock=clock or utcnow))
         bot = create_bot(app)
         env = simcord.Env(bot, settle_timeout=settle_timeout, check_errors=check_errors)
         if wall_clock:

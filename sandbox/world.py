@@ -99,3 +99,14 @@ DEMO_ROTATIONS: dict[str, dict[str, object]] = {
     "primary": {"members": ["oncall", "admin"], "period": "daily", "handoff": "09:00"},
     "secondary": {"members": ["admin", "mod"], "period": "weekly", "handoff": "09:00"},
 }
+
+# The demo escalation policy, on the sandbox world's default alert route: an incident nobody
+# acknowledges pages the primary on call after a minute and the secondary after three.
+DEMO_ESCALATION_POLICY = "demo"
+DEMO_ESCALATION: dict[str, object] = {
+    "description": "demo: after 1 min mention the primary on call, after 3 min the secondary",
+    "steps": [
+        {"after": "1m", "notify": ["primary"]},
+        {"after": "3m", "notify": ["secondary"]},
+    ],
+}

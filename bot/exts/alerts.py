@@ -1,11 +1,11 @@
-"""Alerts in chat: the Acknowledge/Silence buttons and `!incidents`, `!incident`, `!ack`, `!unack`,
-`!alerts`, `!silences`, `!silence`, `!unsilence`, `!testalert`."""
+"""Alerts in chat: the Acknowledge/Silence buttons and `!incidents`, `!incidents stats`, `!incident`,
+`!ack`, `!unack`, `!note`, `!resolve`, `!alerts`, `!silences`, `!silence`, `!unsilence`, `!testalert`."""
 
 from __future__ import annotations
 
 import logging
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import discord
@@ -14,9 +14,11 @@ from pytimeparse import parse as parse_seconds
 
 from alerts.alertmanager import AlertmanagerError
 from alerts.render import incident_line
+from alerts.stats import Durations, GroupStats, ResponseStats
 from bot.checks import member_allows, requires
 from bot.render import BLUE, RED, clip
 from commands.catalog import UserError
+from commands.timeutil import parse_duration, short
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +88,44 @@ class AlertButton(discord.ui.DynamicItem[discord.ui.Button[Any]],
         await interaction.followup.send(text, ephemeral=True)
 
 
+STATS_MIN = timedelta(hours=1)
+STATS_MAX = timedelta(days=365)
+
+
+def _span(d: Durations) -> str:
+    if d.mean is None or d.p90 is None:
+        return "—"
+    return f"{short(d.mean)} / p90 {short(d.p90)}"
+
+
+def _group_line(g: GroupStats) -> str:
+    return (f"**{discord.utils.escape_markdown(g.key)}** {g.count} · ack {_span(g.tta)} · resolve {_span(g.ttr)}"
+            + (f" · {g.unacked_open} open unacked" if g.unacked_open else ""))
+
+
+def stats_embed(stats: ResponseStats, period: str) -> discord.Embed:
+    """`!incidents stats`: the totals, then by severity, by service and who acknowledged most."""
+    t = stats.total
+    e = discord.Embed(title=f"Incident response · last {period}", colour=BLUE)
+    if not t.count:
+        e.description = f"No incidents opened since <t:{int(stats.since.timestamp())}:f>. 🎉"
+        return e
+    e.description = (f"**{t.count}** incident{'s' if t.count != 1 else ''} since <t:{int(stats.since.timestamp())}:f> · "
+                     f"{t.acked} acknowledged · {t.resolved} resolved · {t.unacked_open} open and unacknowledged\n"
+                     f"time to acknowledge: mean {_span(t.tta)}\n"
+                     f"time to resolve: mean {_span(t.ttr)}")
+    e.add_field(name="By severity", value=clip("\n".join(_group_line(g) for g in stats.by_severity), 1024),
+                inline=False)
+    services = stats.by_service[:10]
+    more = f"\n+{len(stats.by_service) - 10} more" if len(stats.by_service) > 10 else ""
+    e.add_field(name="By service", value=clip("\n".join(_group_line(g) for g in services) + more, 1024),
+                inline=False)
+    ackers = ", ".join(f"{discord.utils.escape_markdown(a.name)} ({a.count})" for a in stats.top_ackers)
+    e.add_field(name="Acknowledged most", value=clip(ackers or "nobody acknowledged any", 1024), inline=False)
+    e.set_footer(text="times from the first alert firing · samples from !testalert count too")
+    return e
+
+
 DURATION_WORD = re.compile(r"^\d+[smhdw]?(\d+[smhdw])*$")
 
 
@@ -111,16 +151,24 @@ class Alerts(commands.Cog):
                                     args=args, result="ok", detail=clip(detail, 300),
                                     channel=getattr(ctx.channel, "name", None))
 
-    @commands.hybrid_command(name="incidents")
+    @commands.hybrid_group(name="incidents", fallback="list", invoke_without_command=True)
     @requires("alerts", env_arg=None)
     async def incidents(self, ctx: commands.Context[Any], service: str | None = None) -> None:
-        """Open incidents: age, severity, who acknowledged."""
+        """Open incidents: age, severity, who acknowledged. `!incidents stats [7d]` for response stats."""
         found = await self.app.alerts.incidents(open_only=True, service=service)
         now = datetime.now(UTC)
         e = discord.Embed(title="Open incidents" + (f" · {service}" if service else ""), colour=RED if found else BLUE)
         e.description = clip("\n".join(incident_line(i, now) for i in found) or "Nothing is firing. 🎉", 4096)
         e.set_footer(text="!incident <id> for the timeline · !ack <id> to own one")
         await ctx.send(embed=e, allowed_mentions=discord.AllowedMentions.none())
+
+    @incidents.command(name="stats")
+    @requires("alerts", env_arg=None, service_arg=None)
+    async def incidents_stats(self, ctx: commands.Context[Any], period: str = "7d") -> None:
+        """Response stats: count, mean/p90 time to acknowledge and resolve, by severity and service."""
+        length = parse_duration(period, minimum=STATS_MIN, maximum=STATS_MAX, what="period")
+        stats = await self.app.alerts.stats(length)
+        await ctx.send(embed=stats_embed(stats, period), allowed_mentions=discord.AllowedMentions.none())
 
     @commands.hybrid_command(name="incident")
     @requires("alerts", env_arg=None, service_arg=None)
@@ -150,6 +198,31 @@ class Alerts(commands.Cog):
         incident = await self.app.alerts.unack(incident_id, ctx.author.id, ctx.author.display_name)
         await self._audit(ctx, "ack", {"incident": incident_id, "op": "unack"}, "unacknowledged")
         await ctx.send(f"↩️ #{incident.id} is unacknowledged", allowed_mentions=discord.AllowedMentions.none())
+
+    @commands.hybrid_command(name="note")
+    @requires("ack", env_arg=None, service_arg=None)
+    async def note(self, ctx: commands.Context[Any], incident_id: int, *, text: str) -> None:
+        """Add a note to an incident's timeline (posted in its thread): !note 12 restarted the pods."""
+        incident = await self.app.alerts.note(incident_id, ctx.author.display_name, text)
+        await self._audit(ctx, "ack", {"incident": incident_id, "op": "note"}, clip(text, 200))
+        await ctx.send(f"📝 noted on #{incident.id} {clip(incident.title, 100)}; `!incident {incident.id}` shows "
+                       "the timeline", allowed_mentions=discord.AllowedMentions.none())
+
+    @commands.hybrid_command(name="resolve")
+    @requires("ack", env_arg=None, service_arg=None)
+    async def resolve(self, ctx: commands.Context[Any], incident_id: int) -> None:
+        """Resolve an incident by hand in the bot (escalation stops); Alertmanager is not told."""
+        incident, firing = await self.app.alerts.resolve(incident_id, ctx.author.id, ctx.author.display_name)
+        await self._audit(ctx, "ack", {"incident": incident_id, "op": "resolve"},
+                          f"resolved by hand; {firing} alerts were firing")
+        where = " ".join(x for x in (incident.service, incident.env) if x)
+        still = (f"{firing} of its alerts were still firing when you closed it. " if firing else "")
+        await ctx.send(
+            f"✅ #{incident.id} {clip(incident.title, 100)} resolved by hand by {ctx.author.display_name}; escalation "
+            f"stops. This closes it in opsbot only: Alertmanager may still be firing. {still}"
+            f"`!alerts{' ' + incident.service if incident.service else ''}` shows what fires there; "
+            f"if it fires again{' in ' + where if where else ''}, a new incident opens.",
+            allowed_mentions=discord.AllowedMentions.none())
 
     @commands.hybrid_command(name="alerts")
     @requires("alerts", env_arg=None)

@@ -73,7 +73,7 @@ async def test_resolve_by_hand_closes_it_in_the_bot_only(tmp_path: Path) -> None
         assert "opsbot:ack:1" not in m.custom_ids
         entry = (await h.service.incident(1)).timeline[-1]
         assert entry.kind == "resolved_by_hand"
-        assert entry.text == ("resolved by hand in opsbot by oncall (42) after 12m while Alertmanager had 2 alerts "
+        assert entry.text == ("resolved by hand in opsbot by oncall after 12m while Alertmanager had 2 alerts "
                               "firing; Alertmanager may still be firing")
         with pytest.raises(UserError, match="resolved already"):
             await h.service.resolve(1, 42, "oncall")
