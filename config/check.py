@@ -407,6 +407,7 @@ class _Checker:
         if explicit_promotion:
             self._promotion(promo_items, set(environments) | set(used))
         self._permissions(known_envs, {str(s) for s in services})
+        self._maintenance(known_envs, {str(s) for s in services})
         self._misc()
 
     def _env_names(
@@ -583,6 +584,44 @@ class _Checker:
                      f"(Developer Mode, then right-click the {what} -> Copy ID)")
         elif (value >> 22) + DISCORD_EPOCH_MS > (time.time() + 86400) * 1000:
             self.add("warning", path, f"this {what} ID would be created in the future: a typo?")
+
+    def _maintenance(self, envs: set[str], services: set[str]) -> None:
+        """Names in maintenance.recurring and freezes.scheduled must be the catalog's."""
+        m = self.merged
+
+        def env_ok(path: YamlPath, env: Any) -> None:
+            if isinstance(env, str) and env not in envs:
+                hint = _suggest(env, envs)
+                self.add("error", path, f"no env {env!r}" + (f"; did you mean {hint!r}?" if hint else ""))
+
+        def service_ok(path: YamlPath, service: Any) -> None:
+            if isinstance(service, str) and service != "all" and service not in services:
+                hint = _suggest(service, services)
+                self.add("error", path, f"no service {service!r}" + (f"; did you mean {hint!r}?" if hint else ""))
+
+        recurring = _at(m, ("maintenance",)).get("recurring")
+        for name, task in (recurring.items() if isinstance(recurring, dict) else []):
+            if not isinstance(task, dict):
+                continue
+            base = ("maintenance", "recurring", name)
+            if "env" in task:
+                env_ok((*base, "env"), task["env"])
+            if "service" in task:
+                service_ok((*base, "service"), task["service"])
+            for key in ("services", "envs"):
+                items = task.get(key)
+                for i, item in enumerate(items if isinstance(items, list) else []):
+                    (service_ok if key == "services" else env_ok)((*base, key, i), item)
+            endpoints = task.get("endpoints")
+            for i, ep in enumerate(endpoints if isinstance(endpoints, list) else []):
+                ca = ep.get("ca_file") if isinstance(ep, dict) else None
+                if isinstance(ca, str) and not Path(ca).expanduser().exists():
+                    self.add("warning", (*base, "endpoints", i, "ca_file"), f"{ca} does not exist (yet)")
+        scheduled = _at(m, ("freezes",)).get("scheduled")
+        for name, freeze in (scheduled.items() if isinstance(scheduled, dict) else []):
+            envs_ = freeze.get("envs") if isinstance(freeze, dict) else None
+            for i, env in enumerate(envs_ if isinstance(envs_, list) else []):
+                env_ok(("freezes", "scheduled", name, "envs", i), env)
 
     def _misc(self) -> None:
         m = self.merged

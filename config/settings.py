@@ -386,6 +386,171 @@ class SchedulerConfig(_Model):
     coalesce: bool = Field(True, description="a recurring job that missed several runs runs once")
 
 
+# --- maintenance windows, recurring chores, deploy freezes (commands/maintenance.py, commands/freeze.py) ---
+
+TASK_NAME = r"^[a-z0-9]([a-z0-9_-]{0,46}[a-z0-9])?$"
+ACTION = r"^(restart|prune|scale [0-9]{1,4}|run-job [a-z0-9]([-a-z0-9]{0,50}[a-z0-9])?)$"
+
+
+def _crontab(v: str) -> str:
+    """A 5-field crontab (minute hour day month weekday), as APScheduler reads it."""
+    from apscheduler.triggers.cron import CronTrigger
+
+    v = " ".join(v.split())
+    if len(v.split()) != 5:
+        raise ValueError("a cron expression has 5 fields: minute hour day-of-month month day-of-week, "
+                         'e.g. "0 4 * * sun"')
+    try:
+        CronTrigger.from_crontab(v)
+    except ValueError as e:
+        raise ValueError(f"not a valid cron expression: {e}") from None
+    return v
+
+
+def _task_name(v: str) -> str:
+    if not re.match(TASK_NAME, v):
+        raise ValueError(f"name {v!r}: lowercase letters, digits, '-' and '_' (at most 48)")
+    return v
+
+
+Crontab = Annotated[str, AfterValidator(_crontab)]
+TaskName = Annotated[str, AfterValidator(_task_name)]
+Action = Annotated[str, Field(pattern=ACTION)]
+
+
+class _Recurring(_Model):
+    cron: Crontab = Field(..., description='when, as a 5-field crontab: "0 3 * * sun" is Sundays at 03:00')
+    timezone: TimeZoneName | None = Field(None, description="zone of the cron times; default: timezone")
+    description: str = ""
+
+
+class WindowTask(_Recurring):
+    """A maintenance window that opens on a schedule, as `!maintenance schedule` would."""
+
+    task: Literal["window"]
+    services: list[str] = Field(default_factory=lambda: ["all"], min_length=1,
+                                description="service names, or [all]")
+    env: str
+    duration: Duration
+    reason: str = Field(..., min_length=1, max_length=300)
+    actions: list[Action] = Field(default_factory=list, description="restart, scale N, run-job CRONJOB, prune")
+
+
+class PruneTask(_Recurring):
+    """``docker image prune`` on every Docker host of the catalog's targets (in ``envs``)."""
+
+    task: Literal["prune"]
+    envs: list[str] = Field(default_factory=list, description="only hosts of targets in these envs; [] = all")
+    all_unused: bool = Field(False, description="every image no container uses, not only dangling ones")
+    older_than: Duration | None = Field(None, description="only images created longer ago than this, e.g. 168h")
+
+
+class RunJobTask(_Recurring):
+    """A Job from a CronJob's template in a service's namespace, watched to completion (a backup)."""
+
+    task: Literal["run-job"]
+    service: str
+    env: str
+    cronjob: str = Field(..., pattern=r"^[a-z0-9]([-a-z0-9]{0,50}[a-z0-9])?$")
+    timeout: Duration = Field(timedelta(minutes=30), description="report it as unfinished after this")
+
+
+class TlsEndpoint(_Model):
+    host: str = Field(..., min_length=1)
+    port: int = Field(443, ge=1, le=65535)
+    server_name: str | None = Field(None, description="SNI and the name checked; default: host")
+    ca_file: Path | None = Field(None, description="PEM file of the CA to trust (an internal CA); default: the system's")
+    timeout_seconds: float = Field(10.0, gt=0, le=120)
+
+    @property
+    def label(self) -> str:
+        return f"{self.server_name or self.host}:{self.port}"
+
+
+def _endpoint(v: Any) -> Any:
+    # "host" or "host:port" as a shorthand for {host, port}.
+    if isinstance(v, str):
+        host, sep, port = v.rpartition(":")
+        if sep and port.isdigit() and "]" not in port:
+            return {"host": host.strip("[]"), "port": int(port)}
+        return {"host": v}
+    return v
+
+
+class TlsCheckTask(_Recurring):
+    """Connect to each endpoint, verify its certificate and warn as its expiry nears."""
+
+    task: Literal["tls-check"]
+    endpoints: list[Annotated[TlsEndpoint, BeforeValidator(_endpoint)]] = Field(..., min_length=1)
+    warn_days: list[int] = Field(default_factory=lambda: [14, 7, 1], min_length=1,
+                                 description="warn once as the days left reach each of these")
+    channel: str | None = Field(None, description="default: channels.ops")
+
+    @field_validator("warn_days")
+    @classmethod
+    def _days(cls, v: list[int]) -> list[int]:
+        if any(d < 0 or d > 365 for d in v):
+            raise ValueError("warn_days are between 0 and 365")
+        return sorted(set(v), reverse=True)
+
+
+class DigestTask(_Recurring):
+    """A summary of the last ``days``: deploys, rollbacks (audit log) and incidents (alerts store)."""
+
+    task: Literal["digest"]
+    days: int = Field(7, ge=1, le=90)
+    channel: str | None = Field(None, description="default: channels.ops")
+
+
+RecurringTask = Annotated[WindowTask | PruneTask | RunJobTask | TlsCheckTask | DigestTask, Field(discriminator="task")]
+
+
+class MaintenanceConfig(_Model):
+    """`!maintenance` windows and the recurring chores."""
+
+    announce_channels: list[str] = Field(
+        default_factory=list,
+        description="channels told when a window starts and ends (the community's); [] = channels.ops")
+    min_duration: Duration = Field(timedelta(minutes=5), description="shortest window")
+    max_duration: Duration = Field(timedelta(hours=24), description="longest window (and extension)")
+    max_ahead: Duration = Field(timedelta(days=90), description="how far ahead a window may start")
+    job_timeout: Duration = Field(timedelta(minutes=30), description="how long a window's run-job is watched")
+    recurring: dict[TaskName, RecurringTask] = Field(
+        default_factory=dict,
+        description="name -> a scheduled chore: window, prune, run-job, tls-check or digest")
+
+    @field_validator("min_duration", "max_duration", "max_ahead", "job_timeout")
+    @classmethod
+    def _positive(cls, v: timedelta) -> timedelta:
+        if not timedelta(seconds=1) <= v <= timedelta(days=366):
+            raise ValueError("must be between 1s and 366d")
+        return v
+
+
+class ScheduledFreeze(_Model):
+    """Deploys to ``envs`` are refused from each cron time for ``duration`` (a weekend freeze)."""
+
+    cron: Crontab
+    duration: Duration
+    envs: list[str] = Field(..., min_length=1)
+    reason: str = Field(..., min_length=1, max_length=300)
+    timezone: TimeZoneName | None = Field(None, description="zone of the cron times; default: timezone")
+
+    @field_validator("duration")
+    @classmethod
+    def _duration(cls, v: timedelta) -> timedelta:
+        if not timedelta(minutes=1) <= v <= timedelta(days=30):
+            raise ValueError("a scheduled freeze lasts between 1m and 30d")
+        return v
+
+
+class FreezesConfig(_Model):
+    """Deploy freezes: `!freeze` and scheduled ones."""
+
+    max_duration: Duration = Field(timedelta(days=14), description="longest `!freeze`")
+    scheduled: dict[TaskName, ScheduledFreeze] = Field(default_factory=dict, description="name -> scheduled freeze")
+
+
 def _matchers(v: list[str]) -> list[str]:
     # The matcher grammar lives with the router; imported here, when validating, to keep one parser.
     from alerts.routing import MatcherError, parse_matchers
@@ -512,6 +677,8 @@ class Settings(BaseSettings):
     )
     environments: dict[str, EnvConfig] = Field(default_factory=dict)
     services: dict[str, ServiceConfig] = Field(default_factory=dict)
+    maintenance: MaintenanceConfig = Field(default_factory=MaintenanceConfig)
+    freezes: FreezesConfig = Field(default_factory=FreezesConfig)
     channels: ChannelsConfig = Field(default_factory=ChannelsConfig)
     permissions: PermissionsConfig = Field(default_factory=PermissionsConfig)
     redact_patterns: list[Regex] = Field(default_factory=list)
