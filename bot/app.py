@@ -23,6 +23,8 @@ from alerts.escalation import EscalationEngine
 from alerts.notify import OutMessage
 from alerts.oncall import OnCall
 from alerts.service import AlertService
+from commands.freeze import FreezeService
+from commands.maintenance import MaintenanceService
 from bot.notifier import DiscordNotifier, RoleSync
 from bot.views import DYNAMIC_ITEMS, PendingStore
 from commands.catalog import UserError
@@ -40,7 +42,7 @@ from config.settings import OncallConfig, PermissionsConfig, Settings
 log = logging.getLogger(__name__)
 
 EXTENSIONS = ("bot.exts.core", "bot.exts.status", "bot.exts.audit", "bot.exts.deploy", "bot.exts.locks",
-              "bot.exts.logs", "bot.exts.alerts", "bot.exts.oncall")
+              "bot.exts.logs", "bot.exts.alerts", "bot.exts.oncall", "bot.exts.maintenance")
 
 
 @dataclass
@@ -64,6 +66,8 @@ class App:
     scheduler: Scheduler = field(init=False)
     oncall: OnCall = field(init=False)
     escalation: EscalationEngine = field(init=False)
+    maintenance: MaintenanceService = field(init=False)
+    freezes: FreezeService = field(init=False)
 
     def __post_init__(self) -> None:
         self.policy = Policy(self.settings.permissions)
@@ -140,10 +144,32 @@ class App:
         self.alerts.outbox.on_message = self._incident_message
         await self.alerts.start()
         stack.push_async_callback(self.alerts.stop)
+        self._make_maintenance()  # before the scheduler starts: jobs due at once need it
         await self.scheduler.start()
         stack.push_async_callback(self.scheduler.shutdown)
         await self.escalation.resume()
         await self.oncall.schedule_handoffs()
+        await self._open_maintenance()
+
+    def _make_maintenance(self) -> None:
+        """Maintenance windows, recurring chores and scheduled freezes on the shared scheduler (their
+        clock is the app's); reports go through the alerts outbox, persisted and retried, so one
+        written while Discord is not connected yet (just after a restart) is still delivered."""
+        self.freezes = FreezeService(self.db, self.settings, self.audit, clock=self.clock, post=self._post,
+                                     scheduler=self.scheduler)
+        self.maintenance = MaintenanceService(self.db, self.settings, self.scheduler, platforms=self.platforms,
+                                              audit=self.audit, post=self._post, silencer=self.alerts,
+                                              alerts=self.alerts)
+
+    async def _open_maintenance(self) -> None:
+        """After the scheduler started: lost jobs back, recurring chores and freeze announcements."""
+        await self.maintenance.resume()
+        await self.maintenance.schedule_recurring()
+        await self.freezes.schedule_jobs(self.scheduler)
+
+    async def _post(self, channel: str, text: str) -> None:
+        await self.db.run(self.alerts.store.add_notice, channel, text)
+        self.alerts.outbox.wake([channel])
 
     async def _incident_message(self, work: Any, message_id: str) -> None:
         """Escalate open, unacknowledged incidents that have a policy; stop on ack or resolve."""

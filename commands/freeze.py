@@ -92,7 +92,7 @@ class Frozen(UserError):
 
     def __init__(self, freeze: FreezeInfo, what: str, team_zone: str) -> None:
         self.freeze = freeze
-        super().__init__(f"🧊 {freeze.describe(team_zone)}. `{what}` is refused; someone holding `deploy:force` "
+        super().__init__(f"{freeze.describe(team_zone)}. `!{what}` is refused; someone holding `deploy:force` "
                          f"can add `--force`.")
 
 
@@ -143,7 +143,9 @@ class FreezeService:
     """Freezes over the database; ``clock`` gives now (tests and simulated worlds pass their own)."""
 
     def __init__(self, db: Database, settings: Settings, audit: AuditLog, *, clock: Callable[[], datetime] = utcnow,
-                 post: Post | None = None) -> None:
+                 post: Post | None = None, scheduler: Scheduler | None = None) -> None:
+        if scheduler is not None:  # before it starts, so an announcement due at once finds us
+            scheduler.context[CONTEXT_KEY] = self
         self.db = db
         self.settings = settings
         self.catalog = Catalog(settings)
@@ -241,10 +243,10 @@ class FreezeService:
     # -- the deploy path -------------------------------------------------------------------
 
     async def gate(self, env: str, service: str, what: str, *, force: bool, may_force: bool,
-                   user_id: int | None, user_name: str, channel: str | None = None) -> Gate:
+                   user_id: int | None, user_name: str, channel: str | None = None, kind: str = "deploy") -> Gate:
         """Check a deploy or rollback (``what``, e.g. "deploy chat v1.5.0 to prod") against freezes.
 
-        Not frozen: Gate(None). Frozen without ``force``: raises :class:`Frozen` (audited as
+        ``kind`` is the command (deploy, rollback). Not frozen: Gate(None). Frozen without ``force``: raises :class:`Frozen` (audited as
         denied). ``force`` without ``may_force``: raises :class:`FreezeNeedsGrant`. Forced by
         someone who may: audited as ``deploy:force`` and Gate(freeze, forced=True).
         """
@@ -252,7 +254,6 @@ class FreezeService:
         if not frozen:
             return Gate(None)
         freeze = frozen[-1]  # the one that lasts longest
-        kind = what.split()[0] if what else "deploy"
         if not force:
             await self.audit.record(user_id=user_id, user_name=user_name, action=kind, service=service, env=env,
                                     result="denied", args={"freeze": freeze.id},

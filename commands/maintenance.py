@@ -47,6 +47,7 @@ from commands.catalog import Catalog, UserError
 from commands.db import Base, Database, UTCDateTime
 from commands.targets.base import MaintenancePlatform, Platform, PlatformError, Unsupported
 from commands.timeutil import short
+from commands.tlscheck import TlsChecker
 from commands.when import both, fmt
 
 if TYPE_CHECKING:
@@ -539,11 +540,12 @@ class MaintenanceService:
         return list(self.config.announce_channels) or [self.settings.channels.ops]
 
     async def _announce(self, channel: str, text: str, phase: str) -> Step:
+        name = f"announce {'the start' if phase == 'start' else 'the end'} in #{channel}"
         try:
             await self.post(channel, text)
         except Exception as e:  # noqa: BLE001 - said in the report
-            return Step(phase=phase, name=f"announce in #{channel}", outcome="failed", detail=str(e))  # type: ignore[arg-type]
-        return Step(phase=phase, name=f"announce in #{channel}", outcome="ok")  # type: ignore[arg-type]
+            return Step(phase=phase, name=name, outcome="failed", detail=str(e))  # type: ignore[arg-type]
+        return Step(phase=phase, name=name, outcome="ok")  # type: ignore[arg-type]
 
     def _matchers(self, view: WindowView) -> str:
         cfg = self.settings.alerts
@@ -869,8 +871,6 @@ class MaintenanceService:
         return await self._chore_report(name, "💾", task.description or "scheduled job", [step])
 
     async def _task_tls_check(self, name: str, task: Any) -> str:
-        from commands.tlscheck import TlsChecker
-
         checker = TlsChecker(self.db, clock=self.scheduler.clock)
         findings = await checker.check(task.endpoints, task.warn_days)
         text = checker.report(name, findings, self.zone)

@@ -7,22 +7,24 @@ import asyncio
 import logging
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
 from bot import autocomplete
-from bot.checks import requires
+from bot.checks import Denied, member_allows, requires
 from bot.render import history_embed, progress_embed, result_embed, result_line
 from bot.views import ask_confirmation, new_pending
 from commands.deploy import Actor, Plan, Result
+from commands.freeze import FreezeNeedsGrant
 from commands.locks import Locked, OperationLock
 
 log = logging.getLogger(__name__)
 
 EDIT_INTERVAL = 2.0  # at most one progress edit every ~2 s (Discord rate limits, readable)
+Force = Literal["--force"]  # `!deploy chat prod v2 --force` during a freeze (grant deploy:force)
 
 
 class ThrottledEditor:
@@ -73,25 +75,29 @@ class Deploy(commands.Cog):
     @app_commands.autocomplete(service=autocomplete.services, env=autocomplete.envs)
     @requires("deploy")
     @app_commands.describe(service="what to deploy", env="where", version="image tag (default: what the previous env runs)")
-    async def deploy(self, ctx: commands.Context[Any], service: str, env: str, version: str | None = None) -> None:
+    async def deploy(self, ctx: commands.Context[Any], service: str, env: str, version: str | None = None,
+                     force: Force | None = None) -> None:
         """Deploy a version (default: promote what the previous env runs), watching the rollout."""
+        if version == "--force":  # `!deploy chat prod --force`: promote, forced
+            version, force = None, "--force"
         await ctx.defer()
         plan = await self.app.deployer.plan_deploy(service, env, version)
         if plan.from_version == plan.to_version:
             await ctx.send(f"ℹ️ `{plan.service}` already runs `{plan.to_version}` in `{plan.env}`; deploying it again "
                            "restarts nothing. Use a different version.")
             return
-        await self._begin(ctx, plan)
+        await self._begin(ctx, plan, force=force is not None)
 
     @commands.hybrid_command(name="rollback")
     @app_commands.autocomplete(service=autocomplete.services, env=autocomplete.envs)
     @requires("rollback")
     @app_commands.describe(service="what to roll back", env="where", revision="revision number (default: the previous one)")
-    async def rollback(self, ctx: commands.Context[Any], service: str, env: str, revision: int | None = None) -> None:
+    async def rollback(self, ctx: commands.Context[Any], service: str, env: str, revision: int | None = None,
+                       force: Force | None = None) -> None:
         """Go back to an earlier revision (kubectl rollout undo semantics)."""
         await ctx.defer()
         plan = await self.app.deployer.plan_rollback(service, env, revision)
-        await self._begin(ctx, plan)
+        await self._begin(ctx, plan, force=force is not None)
 
     @commands.hybrid_command(name="history")
     @app_commands.autocomplete(service=autocomplete.services, env=autocomplete.envs)
@@ -117,9 +123,10 @@ class Deploy(commands.Cog):
 
     # ------------------------------------------------------------------ flow
 
-    async def _begin(self, ctx: commands.Context[Any], plan: Plan) -> None:
-        """Refuse early if locked; confirm where the env wants it; then start."""
+    async def _begin(self, ctx: commands.Context[Any], plan: Plan, *, force: bool = False) -> None:
+        """Refuse early if locked or frozen; confirm where the env wants it; then start."""
         await self._refuse_if_locked(plan)
+        await self._refuse_if_frozen(ctx, plan, force)
         actor = _actor(ctx, ctx.channel)
         env_cfg = self.app.settings.env(plan.env)
         if not (env_cfg.confirm or env_cfg.approvals):
@@ -144,6 +151,20 @@ class Deploy(commands.Cog):
         message = await ask_confirmation(self.app, ctx.channel, pending)
         if ctx.interaction is not None:
             await ctx.send(f"Confirmation asked: {message.jump_url}", ephemeral=True)
+
+    async def _refuse_if_frozen(self, ctx: commands.Context[Any], plan: Plan, force: bool) -> None:
+        """A freeze refuses with its reason; `--force` passes for holders of deploy:force (audited)."""
+        user = ctx.author
+        try:
+            gate = await self.app.freezes.gate(
+                plan.env, plan.service, plan.describe(), force=force,
+                may_force=member_allows(self.app, user, "deploy:force", plan.env, plan.service),
+                user_id=user.id, user_name=getattr(user, "display_name", str(user)),
+                channel=getattr(ctx.channel, "name", None), kind=plan.kind)
+        except FreezeNeedsGrant as e:
+            raise Denied("deploy:force", plan.env, plan.service, reason=f"{e}, which you do not hold") from None
+        if gate.note:
+            await ctx.send(gate.note, allowed_mentions=discord.AllowedMentions.none())
 
     async def _refuse_if_locked(self, plan: Plan) -> None:
         blocking = await self.app.locks.active(plan.env, plan.service)

@@ -11,6 +11,7 @@ from discord.ext import commands
 
 from bot import autocomplete
 from bot.checks import member_allows, requires
+from bot.exts.maintenance import status_notes
 from bot.render import status_embeds
 from commands.catalog import UserError
 from commands.models import StatusReport
@@ -48,7 +49,7 @@ class Status(commands.Cog):
         report = StatusReport(states=visible, requested_service=report.requested_service,
                               requested_env=report.requested_env)
         embeds, cut = status_embeds(report)
-        notes = []
+        notes = await status_notes(self.app, visible)  # 🛠️ in maintenance until T, 🧊 frozen
         if cut:
             notes.append(f"+{cut} more not shown: name a service or env")
         if hidden:

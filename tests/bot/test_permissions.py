@@ -47,11 +47,19 @@ MATRIX: dict[str, tuple[str, set[str]]] = {
     "!oncall override mod 1h matrix test": ("oncall", {"admin", "oncall"}),
     "!oncall swap": ("oncall", {"admin", "oncall"}),
     "!oncall cancel 999": ("oncall", {"admin", "oncall"}),
+    "!maintenance": ("status", STAFF),  # windows and freezes: whoever sees the services
+    "!maintenance schedule chat staging tomorrow 04:00 30m matrix test": ("maintenance", {"admin"}),
+    "!maintenance cancel 999": ("maintenance", {"admin"}),
+    "!maintenance extend 999 30m": ("maintenance", {"admin"}),
+    "!maintenance end 999": ("maintenance", {"admin"}),
+    "!freeze dev 10m matrix test": ("freeze", {"admin"}),
+    "!unfreeze dev": ("freeze", {"admin"}),
 }
 # Lines whose allowed answer may be a warning (the previous user's lock, nothing to unlock).
 MAY_WARN = {"!lock staging matrix test for 10m", "!unlock staging", "!incident 999", "!ack 999", "!unack 999",
             "!alerts", "!silences", "!silence alertname=Foo 1h matrix test", "!unsilence 0123abcd",
-            "!note 999 matrix test", "!resolve 999", "!oncall cancel 999"}
+            "!note 999 matrix test", "!resolve 999", "!oncall cancel 999", "!maintenance cancel 999",
+            "!maintenance extend 999 30m", "!maintenance end 999", "!unfreeze dev"}
 
 
 def denial(world, user: str, grant: str) -> str:
