@@ -45,7 +45,12 @@ from sqlalchemy.orm import Mapped, mapped_column
 from commands.audit import AuditLog
 from commands.catalog import Catalog, UserError
 from commands.db import Base, Database, UTCDateTime
-from commands.targets.base import MaintenancePlatform, Platform, PlatformError, Unsupported
+from commands.targets.base import (
+    MaintenancePlatform,
+    Platform,
+    PlatformError,
+    Unsupported,
+)
 from commands.timeutil import short
 from commands.tlscheck import TlsChecker
 from commands.when import both, fmt
@@ -457,7 +462,7 @@ class MaintenanceService:
             with self.db.session() as session:
                 done = session.execute(update(WindowRow).where(WindowRow.id == window, WindowRow.state.in_(frm))
                                        .values(state=to))
-                if not done.rowcount:
+                if not done.rowcount:  # type: ignore[attr-defined]
                     return None
                 row = session.get(WindowRow, window)
                 assert row is not None
@@ -624,7 +629,7 @@ class MaintenanceService:
                 steps.append(Step(phase="start", name=name, outcome="skipped", detail=str(e)))
             except (PlatformError, UserError) as e:
                 steps.append(Step(phase="start", name=name, outcome="failed", detail=str(e)))
-            except Exception as e:  # noqa: BLE001 - a bug here must not lose the rest of the window
+            except Exception as e:
                 log.exception("maintenance #%s: %s failed", view.id, name)
                 steps.append(Step(phase="start", name=name, outcome="failed", detail=f"{type(e).__name__}: {e}"))
         return steps
@@ -707,10 +712,10 @@ class MaintenanceService:
                 if claimed is not None:
                     await self._missed(claimed, self.now())
                 return await self.get(window)
-            view = await self._claim(window, ("starting", "active"), "ending")
-            if view is None:
+            claimed = await self._claim(window, ("starting", "active"), "ending")
+            if claimed is None:
                 return await self.get(window)
-            now = self.now()
+            view, now = claimed, self.now()
             if view.silence_id and self.silencer is not None:
                 await self._save_step(window, await self._unsilence(view))
             for step in [s for s in view.steps if s.phase == "start" and s.outcome == "ok" and "previous" in s.data]:

@@ -26,8 +26,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from dateutil import tz as dtz
 from dateutil.parser import isoparse
-from dateutil.relativedelta import relativedelta, weekday
-from dateutil.relativedelta import FR, MO, SA, SU, TH, TU, WE
+from dateutil.relativedelta import FR, MO, SA, SU, TH, TU, WE, relativedelta, weekday
 from pytimeparse import parse as parse_seconds
 
 from commands.catalog import UserError

@@ -24,7 +24,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sandbox.cluster import CRONJOBS, EVENTS, JOBS, PODS, ApiError, Cluster, Obj, rfc3339
+from sandbox.cluster import (
+    CRONJOBS,
+    EVENTS,
+    JOBS,
+    PODS,
+    ApiError,
+    Cluster,
+    Obj,
+    rfc3339,
+)
 from sandbox.seed import NODES, event_for, owner_reference
 
 RUN_SECONDS = 3.0  # simulated seconds a job's container runs before it exits
@@ -135,7 +144,7 @@ class JobController:
                     "ready": 0, "terminating": 0}
         conditions: list[Obj] = []
         deadline = spec.get("activeDeadlineSeconds")
-        start_time = datetime.fromisoformat(started.replace("Z", "+00:00"))
+        start_time = datetime.fromisoformat(started)
         if succeeded >= (spec.get("completions") or 1):
             conditions = [_condition("SuccessCriteriaMet", "CompletionsReached", "Reached expected number of succeeded pods", now),
                           _condition("Complete", "CompletionsReached", "Reached expected number of succeeded pods", now)]

@@ -93,10 +93,10 @@ def parse_schedule(text: str, *, now: datetime, team_zone: str, min_duration: ti
         duration = parse_duration(words[n], minimum=min_duration, maximum=max_duration, what="window duration")
         return when, duration, " ".join(words[n + 1:]), actions
     # Nothing fitted: say what is wrong with the most likely reading.
-    n = next((i for i in range(1, len(words)) if _looks_like_duration(words[i])), None)
-    if n is None:
+    first = next((i for i in range(1, len(words)) if _looks_like_duration(words[i])), None)
+    if first is None:
         raise UserError(f"give a start and a duration; usage: {USAGE}")
-    parse_when(" ".join(words[:n]), now=now, team_zone=team_zone, max_ahead=max_ahead)  # raises why
+    parse_when(" ".join(words[:first]), now=now, team_zone=team_zone, max_ahead=max_ahead)  # raises why
     raise UserError(f"cannot read a start and a duration in `{clip(text, 100)}`; usage: {USAGE}")
 
 
@@ -185,7 +185,7 @@ class Maintenance(commands.Cog):
         """Maintenance windows (scheduled and running) and deploy freezes in force; `all` adds finished ones."""
         app = self.app
         now = app.maintenance.now()
-        states = ("scheduled", "starting", "active", "ending")
+        states: tuple[str, ...] = ("scheduled", "starting", "active", "ending")
         if which and which.lower() in ("all", "past"):
             states += ("done", "cancelled", "missed")
         windows = await app.maintenance.windows(states=states, limit=25)
@@ -307,4 +307,4 @@ async def setup(bot: commands.Bot) -> None:
     await bot.add_cog(Maintenance(bot))
 
 
-__all__ = ["Maintenance", "status_notes", "parse_schedule", "parse_freeze", "UTC"]
+__all__ = ["UTC", "Maintenance", "parse_freeze", "parse_schedule", "status_notes"]

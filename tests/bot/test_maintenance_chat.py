@@ -22,7 +22,14 @@ from kubernetes import config as k8s_config
 
 from bot.world import World, open_world
 from sandbox.controller import Timing
-from tests.alerts.conftest import TOKEN, alertmanager_config, am_alert, free_port, start_alertmanager, stop_alertmanager
+from tests.alerts.conftest import (
+    TOKEN,
+    alertmanager_config,
+    am_alert,
+    free_port,
+    start_alertmanager,
+    stop_alertmanager,
+)
 from tests.bot.helpers import embed_text, say
 
 pytestmark = pytest.mark.integration
@@ -77,8 +84,8 @@ def apps(world: World) -> k8s.AppsV1Api:
 
 
 def world_args(tmp_path: Path, clock: Clock) -> dict[str, Any]:
-    return dict(data_dir=tmp_path / "bot", clock_context=False, clock=clock, tweak=team_settings,
-                sandbox_timing=Timing.fast(), rollout_poll_seconds=0.2)
+    return {"data_dir": tmp_path / "bot", "clock_context": False, "clock": clock, "tweak": team_settings,
+                "sandbox_timing": Timing.fast(), "rollout_poll_seconds": 0.2}
 
 
 # ----------------------------------------------------------------------------- a real Alertmanager
@@ -126,7 +133,7 @@ async def test_the_silence_appears_at_the_start_and_expires_at_the_end(am_world)
     assert silence["status"]["state"] == "active"
     assert {m["name"]: m["value"] for m in silence["matchers"]} == {"service": "chat", "env": "prod"}
     assert silence["comment"] == "opsbot maintenance #1: db upgrade"
-    ends = datetime.fromisoformat(silence["endsAt"].replace("Z", "+00:00"))
+    ends = datetime.fromisoformat(silence["endsAt"])
     assert abs(ends - (datetime.now(UTC) + timedelta(minutes=30))) < timedelta(minutes=1)
     alerts = await eventually(lambda: [a for a in json.loads(am.amtool("alert", "query", "--silenced", "-o", "json"))
                                        if a["labels"]["alertname"] == "DatabaseDown"], "the alert silenced")

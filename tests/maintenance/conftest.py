@@ -121,8 +121,8 @@ def settings_for(tmp_path: Path, **overrides: Any) -> Settings:
     services = {s: ServiceConfig(repository=f"registry.local/{s}",
                                  envs={e: KubernetesTarget(namespace=e, deployment=s) for e in ("staging", "prod")})
                 for s in ("chat", "chat-gui", "auth")}
-    base: dict[str, Any] = dict(data_dir=tmp_path, services=services, promotion=["staging", "prod"],
-                                timezone="Europe/Berlin", maintenance={"announce_channels": ["general"]})
+    base: dict[str, Any] = {"data_dir": tmp_path, "services": services, "promotion": ["staging", "prod"],
+                                "timezone": "Europe/Berlin", "maintenance": {"announce_channels": ["general"]}}
     base.update(overrides)
     return load_settings(None, **base)
 

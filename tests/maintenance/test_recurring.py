@@ -43,8 +43,8 @@ async def test_recurring_entries_become_cron_jobs_that_run_and_report(world: Wor
     world.clock.now = datetime(2024, 5, 5, 0, 0, 5, tzinfo=UTC)
     await bot.scheduler.run_due()
     assert world.platform.calls == [("run-job", "db-backup", "prod")]
-    assert bot.posts[-1] == ("ops", "💾 nightly backup (`nightly-backup`) done\n✅ run-job db-backup in prod: job "
-                                    "`db-backup-opsbot-x` completed in 3s")
+    assert bot.posts[-1] == ("ops", ("💾 nightly backup (`nightly-backup`) done\n✅ run-job db-backup in prod: job "
+                                    "`db-backup-opsbot-x` completed in 3s"))
 
     world.clock.now = datetime(2024, 5, 5, 1, 0, 5, tzinfo=UTC)
     await bot.scheduler.run_due()
@@ -78,9 +78,9 @@ async def test_a_recurring_run_missed_while_down_is_reported_and_skipped(world: 
     await second.scheduler.run_due()
     assert world.platform.calls == []
     missed = [t for _, t in second.posts if t.startswith("⏰ recurring `nightly-backup`")]
-    assert missed == ["⏰ recurring `nightly-backup` (run-job) was due 2024-05-07 00:00 UTC (02:00 CEST, "
+    assert missed == [("⏰ recurring `nightly-backup` (run-job) was due 2024-05-07 00:00 UTC (02:00 CEST, "
                       "Europe/Berlin) but the bot was not running then; it was skipped (found 5h late, beyond the 5m "
-                      "grace time). It runs again at its next time."]
+                      "grace time). It runs again at its next time.")]
     # The next run happens as usual.
     (job,) = [j for j in await second.scheduler.jobs("recurring:nightly-backup")]
     assert job.next_run == datetime(2024, 5, 8, 0, 0, tzinfo=UTC)
@@ -186,7 +186,7 @@ async def test_the_digest_counts_deploys_rollbacks_and_incidents(world: World):
     await audit.record(user_id=2, user_name="oncall", action="rollback", service="auth", env="prod", result="ok",
                        args={"version": "v1.3.0"})
     await audit.record(user_id=3, user_name="admin", action="deploy:force", service="chat", env="prod", result="ok")
-    incident = dict(title="HighErrorRate", service="chat", env="prod", open=False)
+    incident = {"title": "HighErrorRate", "service": "chat", "env": "prod", "open": False}
     incidents = [SimpleNamespace(**incident, severity="critical", opened_at=T0 - timedelta(days=1),
                                  acked_at=T0 - timedelta(days=1) + timedelta(minutes=4)),
                  SimpleNamespace(**{**incident, "open": True}, severity="warning", opened_at=T0 - timedelta(hours=2),
@@ -198,6 +198,6 @@ async def test_the_digest_counts_deploys_rollbacks_and_incidents(world: World):
         "🚀 Deploys: 3 (2 ok, 1 rolled back automatically) — chat prod ×3",
         "↩️ Rollbacks: 1 — auth prod to v1.3.0 by oncall",
         "🧊 Forced past a freeze: 1 — chat prod by admin",
-        "🚨 Incidents: 2 opened (1 critical, 1 warning), 1 still open, 1 acknowledged (median time to ack 4m) — "
-        "most: HighErrorRate (chat prod) ×2",
+        ("🚨 Incidents: 2 opened (1 critical, 1 warning), 1 still open, 1 acknowledged (median time to ack 4m) — "
+        "most: HighErrorRate (chat prod) ×2"),
     ]

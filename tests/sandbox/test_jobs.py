@@ -25,7 +25,7 @@ def server() -> Iterator[SandboxServer]:
 
 def kubectl(binary: str, kubeconfig: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([binary, "--kubeconfig", str(kubeconfig), *args], capture_output=True, text=True,
-                          timeout=60, env={**os.environ, "KUBECONFIG": ""})
+                          timeout=60, env={**os.environ, "KUBECONFIG": ""}, check=False)
 
 
 def job_from(api: client.ApiClient, namespace: str, name: str, image_suffix: str = "") -> dict:

@@ -64,8 +64,9 @@ async def test_restart_rolls_every_pod_like_kubectl_rollout_restart(sandbox, k8s
     assert deployment.metadata.annotations["kubernetes.io/change-cause"] == "opsbot: maintenance #1 restart by admin"
     after = {p.metadata.name for p in core.list_namespaced_pod("prod", label_selector="app=chat").items}
     assert len(after) == 3 and not before & after
-    history = subprocess.run([require_program("kubectl"), "--kubeconfig", str(tmp_path / "reader"), "rollout",
-                              "history", "deployment/chat", "-n", "prod"], capture_output=True, text=True, timeout=60)
+    history = await asyncio.to_thread(
+        subprocess.run, [require_program("kubectl"), "--kubeconfig", str(tmp_path / "reader"), "rollout", "history",
+                         "deployment/chat", "-n", "prod"], capture_output=True, text=True, timeout=60, check=True)
     assert "opsbot: maintenance #1 restart by admin" in history.stdout
 
 
