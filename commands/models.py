@@ -32,6 +32,21 @@ class EventSummary(BaseModel):
     last_seen: datetime | None = None
 
 
+MetricLevel = Literal["ok", "warn", "critical", "none"]
+
+
+class MetricReading(BaseModel):
+    """One number from Prometheus for ``!status`` (commands/metrics.py reads it)."""
+
+    name: str  # the metric's name in the config (request_rate)
+    title: str  # what to call it (requests)
+    value: float | None = None  # None: Prometheus had no data
+    text: str = "no data"  # the value with its unit, e.g. "12.3 req/s"
+    level: MetricLevel = "none"  # colour by the configured thresholds
+    promql: str = ""  # the query as sent
+    error: str | None = None  # this query failed (a bad template), the others may not have
+
+
 class TargetState(BaseModel):
     """What one service runs in one env, as read from its platform."""
 
@@ -52,6 +67,9 @@ class TargetState(BaseModel):
     warnings: list[EventSummary] = Field(default_factory=list)
     error: str | None = None  # set when the platform could not be read
     locks: list[str] = Field(default_factory=list)  # locks in force on this target, described
+    metrics: list[MetricReading] = Field(default_factory=list)  # numbers from Prometheus
+    metrics_at: datetime | None = None  # when they were evaluated
+    metrics_error: str | None = None  # why there are none (Prometheus down or slow)
 
     @property
     def restarts(self) -> int:

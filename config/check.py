@@ -639,6 +639,15 @@ class _Checker:
                     self.add("warning", ("channels", key), "write the channel name without '#'")
                 elif isinstance(ch, str) and not ch.strip():
                     self.add("error", ("channels", key), "must not be empty")
+        metrics = m.get("metrics")
+        own = metrics.get("services") if isinstance(metrics, dict) else None
+        if isinstance(own, dict):
+            services = m.get("services") if isinstance(m.get("services"), dict) else {}
+            for svc in own:
+                if svc not in services:
+                    hint = _suggest(str(svc), {str(s) for s in services})
+                    self.add("warning", ("metrics", "services", svc),
+                             f"unknown service {svc!r}" + (f"; did you mean {hint!r}?" if hint else "; it is never used"))
 
     def _secrets(self) -> None:
         """Secrets written literally in the file (never in the output)."""

@@ -643,6 +643,158 @@ class AlertsConfig(_Model):
         return v
 
 
+# --- metrics from Prometheus (commands/metrics.py): !status numbers, !graph, !query, alert graphs ---
+
+METRIC_NAME = r"^[a-z][a-z0-9_]{0,31}$"
+# Placeholders a PromQL template may use (replaced literally, so PromQL's own braces need no escaping).
+PLACEHOLDERS = ("{service}", "{env}", "{namespace}", "{deployment}", "{window}")
+MetricUnit = Literal["count", "rps", "ratio", "seconds", "cores", "bytes"]
+
+
+def _template(v: str) -> str:
+    for word in re.findall(r"\{[a-z_]+\}", v):
+        if word not in PLACEHOLDERS and not re.search(r"\{\s*" + word[1:-1] + r"\s*(=|!=|=~|!~)", v):
+            raise ValueError(f"unknown placeholder {word}; known: {', '.join(PLACEHOLDERS)}")
+    if v.count("(") != v.count(")") or v.count("{") != v.count("}") or v.count("[") != v.count("]"):
+        raise ValueError("unbalanced brackets in the PromQL template")
+    return v
+
+
+PromqlTemplate = Annotated[str, Field(min_length=1, max_length=4000), AfterValidator(_template)]
+
+
+class MetricQuery(_Model):
+    """One metric of a service: a PromQL template and how to show it.
+
+    Templates are PromQL with ``{service}``, ``{env}``, ``{namespace}`` (the target's, or the env),
+    ``{deployment}`` (the Deployment or container) and ``{window}`` (the rate window) replaced.
+    """
+
+    title: str = Field(..., min_length=1, max_length=40, description="name shown in !status and on charts")
+    query: PromqlTemplate = Field(..., description="instant query for !status: one number")
+    graph: PromqlTemplate | None = Field(
+        None, description="query charted by !graph (one line per series); default: query")
+    unit: MetricUnit = Field("count", description="how values are shown")
+    warn: float | None = Field(None, description="yellow from this value on (see bad_when)")
+    critical: float | None = Field(None, description="red from this value on (see bad_when)")
+    bad_when: Literal["above", "below"] = Field("above", description="whether high or low values are bad")
+
+    def level(self, value: float | None) -> Literal["ok", "warn", "critical", "none"]:
+        """The colour of ``value``: none without thresholds or value."""
+        if value is None or (self.warn is None and self.critical is None):
+            return "none"
+
+        def beyond(limit: float | None) -> bool:
+            if limit is None:
+                return False
+            return value >= limit if self.bad_when == "above" else value <= limit
+
+        if beyond(self.critical):
+            return "critical"
+        return "warn" if beyond(self.warn) else "ok"
+
+
+_SEL = 'namespace="{namespace}", service="{service}"'
+DEFAULT_METRICS: dict[str, dict[str, Any]] = {
+    "up": dict(
+        title="up", unit="ratio", warn=0.99, critical=0.5, bad_when="below",
+        query=f'avg(kube_pod_status_ready{{{_SEL}, condition="true"}})',
+        graph=f'sum by (pod) (kube_pod_status_ready{{{_SEL}, condition="true"}})'),
+    "request_rate": dict(
+        title="requests", unit="rps",
+        query=f"sum(rate(http_requests_total{{{_SEL}}}[{{window}}]))",
+        graph=f"sum by (code) (rate(http_requests_total{{{_SEL}}}[{{window}}]))"),
+    "error_ratio": dict(
+        title="errors", unit="ratio", warn=0.01, critical=0.05,
+        query=f'(sum(rate(http_requests_total{{{_SEL}, code=~"5.."}}[{{window}}])) or vector(0))'
+              f" / sum(rate(http_requests_total{{{_SEL}}}[{{window}}]))",
+        graph=f'(sum by (pod) (rate(http_requests_total{{{_SEL}, code=~"5.."}}[{{window}}]))'
+              f" or 0 * sum by (pod) (rate(http_requests_total{{{_SEL}}}[{{window}}])))"
+              f" / sum by (pod) (rate(http_requests_total{{{_SEL}}}[{{window}}]))"),
+    "latency_p95": dict(
+        title="p95 latency", unit="seconds", warn=0.3, critical=1.0,
+        query=f"histogram_quantile(0.95, sum by (le) (rate(http_request_duration_seconds_bucket{{{_SEL}}}[{{window}}])))",
+        graph=f"histogram_quantile(0.95, sum by (le, pod) (rate(http_request_duration_seconds_bucket{{{_SEL}}}[{{window}}])))"),
+    "cpu": dict(
+        title="CPU", unit="cores",
+        query=f"sum(rate(container_cpu_usage_seconds_total{{{_SEL}}}[{{window}}]))",
+        graph=f"sum by (pod) (rate(container_cpu_usage_seconds_total{{{_SEL}}}[{{window}}]))"),
+    "memory": dict(
+        title="memory", unit="bytes",
+        query=f"sum(container_memory_working_set_bytes{{{_SEL}}})",
+        graph=f"sum by (pod) (container_memory_working_set_bytes{{{_SEL}}})"),
+}
+
+
+def _metric_name(v: str) -> str:
+    if not re.match(METRIC_NAME, v):
+        raise ValueError(f"metric name {v!r}: lowercase letters, digits and '_', starting with a letter")
+    return v
+
+
+MetricName = Annotated[str, AfterValidator(_metric_name)]
+
+
+def _window(v: str) -> str:
+    if not re.fullmatch(r"([0-9]+(ms|[smhdwy]))+", v):
+        raise ValueError("a PromQL duration such as 30s, 1m or 5m")
+    return v
+
+
+class MetricsConfig(_Model):
+    """What !status, !graph, !query and alert graphs ask Prometheus (``prometheus_url``)."""
+
+    queries: dict[MetricName, MetricQuery] = Field(
+        default_factory=lambda: {k: MetricQuery(**v) for k, v in DEFAULT_METRICS.items()},
+        description="metric name -> template; entries given replace the default of that name, the "
+                    "other defaults stay")
+    services: dict[str, dict[MetricName, MetricQuery]] = Field(
+        default_factory=dict, description="service -> metric name -> template, for that service only")
+    status: list[MetricName] = Field(
+        default_factory=lambda: ["up", "request_rate", "error_ratio", "latency_p95", "cpu", "memory"],
+        description="metrics !status shows for one service")
+    overview: list[MetricName] = Field(
+        default_factory=lambda: ["request_rate", "error_ratio"],
+        description="metrics !status shows on each line of an overview (many services)")
+    graph_default: MetricName = Field("request_rate", description="what !graph charts when no metric is named")
+    graph_range: Annotated[str, AfterValidator(_window)] = Field("1h", description="!graph's default range")
+    rate_window: Annotated[str, AfterValidator(_window)] = Field(
+        "1m", description="{window} in templates (charts use at least their step); 4x the scrape interval is safe")
+    timeout_seconds: float = Field(
+        3.0, gt=0, le=60, description="each Prometheus call; !status shows the cluster without metrics after this")
+    alert_graphs: bool = Field(True, description="attach a graph of an alert's expression in its incident's thread")
+
+    @field_validator("queries", mode="before")
+    @classmethod
+    def _over_defaults(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            return {**{k: dict(d) for k, d in DEFAULT_METRICS.items()}, **v}
+        return v
+
+    @field_validator("status", "overview", "graph_default")
+    @classmethod
+    def _known(cls, v: Any, info: Any) -> Any:
+        queries = info.data.get("queries")
+        if queries is None:
+            return v
+        for name in [v] if isinstance(v, str) else v:
+            if name not in queries:
+                raise ValueError(f"no metric {name!r} in metrics.queries (known: {', '.join(queries)})")
+        return v
+
+    def query(self, service: str, name: str) -> MetricQuery | None:
+        """The template of metric ``name`` for ``service`` (its own, else the common one)."""
+        return (self.services.get(service) or {}).get(name) or self.queries.get(name)
+
+    def names(self, service: str | None = None) -> list[str]:
+        """Metric names known for ``service`` (or for any), common ones first."""
+        names = list(self.queries)
+        for svc, own in self.services.items():
+            if service is None or svc == service:
+                names += [n for n in own if n not in names]
+        return names
+
+
 class Settings(BaseSettings):
     """Everything opsbot reads. YAML file < environment variables < CLI flags."""
 
@@ -685,6 +837,7 @@ class Settings(BaseSettings):
     oncall: OncallConfig = Field(default_factory=OncallConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
 
     # Set by load_settings so errors can name the file; not a user setting.
     source_file: Path | None = Field(None, exclude=True)
