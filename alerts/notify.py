@@ -7,6 +7,7 @@ layer's DiscordNotifier does the HOW: channel lookup, components, files, threads
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -70,6 +71,10 @@ class Notifier(Protocol):
         """Replace a message's content, embeds, buttons (files are added, not replaced)."""
         ...
 
-    async def thread_post(self, channel: str, message_id: str, thread_name: str, text: str) -> str:
-        """Post ``text`` in the thread under a message, creating the thread when needed; return the thread ID."""
+    async def thread_post(self, channel: str, message_id: str, thread_name: str, text: str, *,
+                          files: Sequence[tuple[str, bytes]] = ()) -> str:
+        """Post ``text`` in the thread under a message, creating the thread when needed; return the thread ID.
+
+        ``files`` (filename, data) are attached to the post (alert graphs); only callers that have
+        files pass them."""
         ...

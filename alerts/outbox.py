@@ -109,6 +109,8 @@ class Outbox:
         self.stats: Counter[str] = Counter()
         # Told about every incident message chat now shows (escalation starts and stops by it).
         self.on_message: Callable[[MessageWork, str], Awaitable[None]] | None = None
+        # Told once when an incident's primary message is first posted (alert graphs); must not block.
+        self.on_created: Callable[[MessageWork, str], None] | None = None
 
     # ------------------------------------------------------------------------ lifecycle
 
@@ -275,6 +277,11 @@ class Outbox:
                     await self.on_message(work, str(message_id))
                 except Exception:
                     log.exception("incident #%s: the message observer failed", incident)
+            if work.message_id is None and work.primary and self.on_created is not None:
+                try:
+                    self.on_created(work, str(message_id))
+                except Exception:
+                    log.exception("incident #%s: the new-message observer failed", incident)
 
     async def _timeline(self, work: TimelineWork) -> None:
         text = self._render_timeline(work)

@@ -33,6 +33,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Self
+from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
 import yaml
@@ -43,6 +44,7 @@ from alerts.alertmanager import (
     AlertmanagerError,
     AlertmanagerNotConfigured,
 )
+from alerts.graphs import AlertGraphs, GraphSource
 from alerts.intake import WebhookIntake, webhook_routes
 from alerts.models import (
     IncidentView,
@@ -100,6 +102,7 @@ class AlertService:
         notifier: Notifier,
         *,
         alertmanager: AlertmanagerClient | None = None,
+        graphs: GraphSource | None = None,
         clock: Callable[[], datetime] = utcnow,
         watchdog_interval: float = 15.0,
         housekeeping_interval: float = 60.0,
@@ -153,6 +156,10 @@ class AlertService:
             retry_max=cfg.retry_max_seconds,
             clock=clock,
         )
+        # A graph of the alert's own expression in the incident's thread (when Prometheus is set).
+        self.graphs = AlertGraphs(graphs, notifier) if graphs is not None else None
+        if self.graphs is not None:
+            self.outbox.on_created = self._message_created
         token = settings.webhook_token.get_secret_value() if settings.webhook_token else None
         self.intake = WebhookIntake(
             self.ingest,
@@ -209,6 +216,8 @@ class AlertService:
         self._started = False
         self._stopping.set()
         await self.outbox.stop(grace)
+        if self.graphs is not None:
+            await self.graphs.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -285,6 +294,11 @@ class AlertService:
             mention_roles=work.mention_roles,
             nonce=f"opsbot-a{work.delivery_id}"[:25],
         )
+
+    def _message_created(self, work: MessageWork, message_id: str) -> None:
+        assert self.graphs is not None
+        incident = work.incident
+        self.graphs.message_created(incident, work.channel, message_id, f"#{incident.id} {incident.title}"[:100])
 
     def _render_timeline(self, work: TimelineWork) -> str:
         return render_timeline(work.entries, self._clock(), self.render_options)
@@ -509,7 +523,7 @@ class AlertService:
                     },
                     "startsAt": now.isoformat(),
                     "endsAt": "0001-01-01T00:00:00Z",
-                    "generatorURL": "http://prometheus.example.com/graph?g0.expr=job%3Ahttp_5xx%3Aratio5m+%3E+0.05",
+                    "generatorURL": sample_generator_url(self.settings.prometheus_url, service, env),
                     "fingerprint": secrets.token_hex(8),
                 }
             )
@@ -644,6 +658,16 @@ class AlertService:
                 await self.housekeeping()
             except Exception:
                 log.exception("alerts: housekeeping failed")
+
+
+def sample_generator_url(prometheus_url: str | None, service: str, env: str) -> str:
+    """A sample alert's ``generatorURL``: the 5xx ratio over the sandbox's series (``sandbox/metrics.py``),
+    so its graph is real when Prometheus scrapes the sandbox."""
+    where = f'service="{service}", env="{env}"'
+    expr = (f'sum(rate(http_requests_total{{{where}, code=~"5.."}}[5m])) '
+            f"/ sum(rate(http_requests_total{{{where}}}[5m])) > 0.05")
+    base = (prometheus_url or "http://prometheus.example.com").rstrip("/")
+    return f"{base}/graph?{urlencode({'g0.expr': expr, 'g0.tab': '0'})}"
 
 
 def _receivers(status: dict[str, Any]) -> set[str]:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 
 import discord
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from alerts.notify import Button, MessageGone, OutMessage, SendError
 
@@ -57,6 +58,7 @@ class DiscordNotifier:
     def __init__(self, bot: Callable[[], discord.Client | None], guild_id: int | None = None) -> None:
         self._bot = bot
         self.guild_id = guild_id
+        self._thread_locks: dict[str, asyncio.Lock] = {}
 
     @property
     def bot(self) -> discord.Client:
@@ -113,23 +115,33 @@ class DiscordNotifier:
         except discord.HTTPException as e:
             raise _error(e, f"edit in #{target.name}") from e
 
-    async def thread_post(self, channel: str, message_id: str, thread_name: str, text: str) -> str:
+    async def thread_post(self, channel: str, message_id: str, thread_name: str, text: str, *,
+                          files: Sequence[tuple[str, bytes]] = ()) -> str:
         target = self._channel(channel)
-        thread = target.guild.get_thread(int(message_id))  # a message's thread has the message's ID
+        # The timeline and the alert graphs post under the same message concurrently: one creates
+        # the thread, the other finds it (two creates would fail with "thread already exists").
+        lock = self._thread_locks.setdefault(message_id, asyncio.Lock())
         try:
-            if thread is None:
-                try:
-                    thread = await target.guild.fetch_channel(int(message_id))  # type: ignore[assignment]
-                except discord.NotFound:
-                    thread = None
-            if thread is None:
-                thread = await target.get_partial_message(int(message_id)).create_thread(
-                    name=thread_name[:100], auto_archive_duration=1440)
-            await thread.send(text[:2000], allowed_mentions=discord.AllowedMentions.none())  # type: ignore[union-attr]
+            async with lock:
+                thread = target.guild.get_thread(int(message_id))  # a message's thread has the message's ID
+                if thread is None:
+                    try:
+                        thread = await target.guild.fetch_channel(int(message_id))  # type: ignore[assignment]
+                    except discord.NotFound:
+                        thread = None
+                if thread is None:
+                    thread = await target.get_partial_message(int(message_id)).create_thread(
+                        name=thread_name[:100], auto_archive_duration=1440)
+            attachments = [discord.File(io.BytesIO(data), filename=name) for name, data in files]
+            await thread.send(text[:2000], files=attachments,  # type: ignore[union-attr]
+                              allowed_mentions=discord.AllowedMentions.none())
         except discord.NotFound as e:
             raise MessageGone(f"message {message_id} in #{target.name} is gone", retryable=False) from e
         except discord.HTTPException as e:
             raise _error(e, f"thread post in #{target.name}") from e
+        finally:
+            if not lock.locked() and len(self._thread_locks) > 256:
+                self._thread_locks.pop(message_id, None)
         return str(thread.id)
 
     async def send_dm(self, user_id: int, message: OutMessage) -> None:

@@ -45,3 +45,5 @@ def pytest_runtest_call(item: pytest.Item):
 
 # The session's private dockerd (tests/conftest_docker.py), shared by tests/targets and tests/bot.
 from tests.conftest_docker import DockerHost, container_name, dockerd  # noqa: E402,F401
+# A real Prometheus scraping the sandbox (tests/conftest_prometheus.py), for the metrics tests.
+from tests.conftest_prometheus import metrics_world, scraped_sandbox  # noqa: E402,F401

@@ -19,7 +19,7 @@ import os
 import shutil
 import socket
 import subprocess
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -56,6 +56,7 @@ class Posted:
     edits: int = 0
     history: list[OutMessage] = field(default_factory=list)
     thread: list[str] = field(default_factory=list)
+    thread_files: list[tuple[str, bytes]] = field(default_factory=list)
 
     @property
     def embeds(self) -> list[dict[str, Any]]:
@@ -145,12 +146,14 @@ class RecordingNotifier:
         self.times.append(asyncio.get_running_loop().time())
         self.changed.set()
 
-    async def thread_post(self, channel: str, message_id: str, thread_name: str, text: str) -> str:
+    async def thread_post(self, channel: str, message_id: str, thread_name: str, text: str, *,
+                          files: Sequence[tuple[str, bytes]] = ()) -> str:
         await self._maybe_fail()
         posted = self.messages.get(message_id)
         if posted is None:
             raise MessageGone()
         posted.thread.append(text)
+        posted.thread_files.extend(files)
         self.calls.append(("thread", channel, message_id))
         self.times.append(asyncio.get_running_loop().time())
         self.changed.set()
