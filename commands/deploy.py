@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from commands.audit import AuditLog
 from commands.catalog import Catalog, UserError
 from commands.models import RevisionInfo, RolloutProgress
-from commands.targets.base import NotFound, Platform, PlatformError
+from commands.targets.base import NotFound, Platform, PlatformError, WatchingPlatform
 
 # Docker's tag grammar: https://docs.docker.com/reference/cli/docker/image/tag/
 TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
@@ -227,6 +227,17 @@ class Deployer:
             await on_progress(phase, progress, elapsed)
             if progress.done:
                 return progress
+            await self._until_change(platform, plan, target)
+
+    async def _until_change(self, platform: Platform, plan: Plan, target: object) -> None:
+        """Until the target may have changed (a platform that can watch says so at once), at most
+        ``poll_interval``; other platforms are polled."""
+        if not isinstance(platform, WatchingPlatform):
+            await asyncio.sleep(self.poll_interval)
+            return
+        try:
+            await platform.wait_for_change(plan.service, plan.env, target, timeout=self.poll_interval)
+        except PlatformError:  # it should not raise; if it does, poll
             await asyncio.sleep(self.poll_interval)
 
     async def _audit(self, result: Result, actor: Actor) -> None:

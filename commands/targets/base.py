@@ -39,7 +39,11 @@ class Unsupported(PlatformError):
 
 @runtime_checkable
 class Platform(Protocol):
-    """One kind of target (Kubernetes, Docker)."""
+    """One kind of target (Kubernetes, Docker).
+
+    A platform may also implement :class:`WatchingPlatform` (``wait_for_change``); one that does
+    not is polled while a rollout runs.
+    """
 
     name: str
 
@@ -78,6 +82,26 @@ class Platform(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class WatchingPlatform(Protocol):
+    """An optional part of :class:`Platform`: a platform that can tell when a target changes.
+
+    A platform that has ``wait_for_change`` lets a rollout watcher call ``progress`` again as soon
+    as the target changed instead of after a fixed poll interval (as ``kubectl rollout status``
+    watches rather than polls). Platforms without it are polled: the caller sleeps the interval.
+    """
+
+    async def wait_for_change(self, service: str, env: str, target: object, timeout: float) -> None:
+        """Return when the target may have changed since the last ``progress`` read of it, or after
+        ``timeout`` seconds at the latest.
+
+        "May have": returning early without a change is allowed (the caller just reads again).
+        Never raises for platform faults: it waits out ``timeout`` (or a part of it) instead, so
+        the caller falls back to polling.
+        """
+        ...
 
 
 # ----------------------------------------------------------------------------- maintenance actions

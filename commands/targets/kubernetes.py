@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import urllib3
-from kubernetes import client, config
+from kubernetes import client, config, watch
 from kubernetes.config.config_exception import ConfigException
 
 from commands.logs import LogLine, LogQuery, parse_k8s_line
@@ -80,6 +80,9 @@ class KubernetesPlatform:
         self.request_timeout = request_timeout
         self._clients: dict[str | None, client.ApiClient] = {}
         self._lock = threading.Lock()
+        # The resourceVersion of each Deployment as ``progress`` (or a watch) last saw it, by
+        # (context, namespace, name): where ``wait_for_change`` watches from.
+        self._seen: dict[tuple[str | None, str, str], str] = {}
 
     # ----------------------------------------------------------------- clients
 
@@ -190,6 +193,8 @@ class KubernetesPlatform:
         """
         s = await self._session(target)
         deployment = await s.read_deployment()
+        if version := deployment["metadata"].get("resourceVersion"):
+            self._seen[_watch_key(target)] = str(version)
         progress = rollout_progress(deployment, generation)
         if not progress.observed or progress.state in ("complete", "paused"):
             return progress
@@ -372,6 +377,74 @@ class KubernetesPlatform:
                 await stream.aclose()
             raise (fatal or errors)[0]
         return [(stream.source, stream) for stream in streams]
+
+    # ----------------------------------------------------------------- watching
+
+    async def wait_for_change(self, service: str, env: str, target: KubernetesTarget,
+                              timeout: float) -> None:
+        """Return on the first change of the Deployment after the version ``progress`` last read,
+        or after ``timeout`` seconds (as ``kubectl rollout status``, a watch, not a poll).
+
+        One watch request (``fieldSelector=metadata.name=…``, ``resourceVersion`` = the version
+        last seen, ``timeoutSeconds`` = ⌈timeout⌉) in a worker thread, closed at the first event.
+        A change seen moves the remembered version on, so a ``progress`` that fails afterwards
+        does not make the next watch replay the same event. Pods that crash-loop do not change the
+        Deployment: the caller's next look after ``timeout`` still catches them.
+
+        Never raises for platform faults. 410 Gone (the version is too old): the version is
+        forgotten and this returns at once, so the caller reads afresh. Anything else
+        (unreachable, refused, a cluster without watch rights): it sleeps out ``timeout``, i.e. the
+        caller polls as if there were no watch. With no version read yet it just sleeps.
+        """
+        started = time.monotonic()
+        key = _watch_key(target)
+        since = self._seen.get(key)
+        if since is None or timeout <= 0:
+            await asyncio.sleep(max(0.0, timeout))
+            return
+        stream = watch.Watch()
+        try:
+            api = await asyncio.to_thread(self._client, target.context)
+            # The thread ends by itself (timeoutSeconds, then the read timeout); this side does
+            # not wait for it longer than the timeout asked for.
+            seen = await asyncio.wait_for(
+                asyncio.to_thread(self._first_change, api, stream, target, since, timeout),
+                timeout + 1)
+        except client.ApiException as err:
+            if err.status == 410:
+                if self._seen.get(key) == since:
+                    del self._seen[key]
+                return
+            seen = None
+        except (TimeoutError, *PLATFORM_FAULTS, ValueError):
+            _abort_watch(stream)
+            seen = None
+        except asyncio.CancelledError:
+            _abort_watch(stream)
+            raise
+        if seen is not None:
+            if self._seen.get(key) == since and seen:
+                self._seen[key] = seen
+            return
+        await asyncio.sleep(max(0.0, timeout - (time.monotonic() - started)))
+
+    def _first_change(self, api: client.ApiClient, stream: watch.Watch, target: KubernetesTarget,
+                      since: str, timeout: float) -> str | None:
+        """Blocking: the resourceVersion of the first event after ``since`` ("" if it has none),
+        or None when the server ended the watch without one."""
+        seconds = max(1, math.ceil(timeout))
+        events = stream.stream(
+            client.AppsV1Api(api).list_namespaced_deployment, target.namespace,
+            field_selector=f"metadata.name={target.deployment}", resource_version=since,
+            timeout_seconds=seconds,  # (deserialize=False would break its 410 handling)
+            _request_timeout=(self.request_timeout, seconds + self.request_timeout))
+        with contextlib.closing(events):
+            for event in events:
+                stream.stop()
+                obj = event.get("raw_object") if isinstance(event, dict) else None
+                meta = obj.get("metadata") if isinstance(obj, dict) else None
+                return str((meta or {}).get("resourceVersion") or "")
+        return None
 
 
 # --------------------------------------------------------------------------- pure mapping
@@ -561,6 +634,19 @@ async def _again_on_conflict(attempt: Callable[[], Awaitable[T]]) -> T:
         return await attempt()
     except Conflict:
         return await attempt()
+
+
+def _watch_key(target: KubernetesTarget) -> tuple[str | None, str, str]:
+    return (target.context, target.namespace, target.deployment)
+
+
+def _abort_watch(stream: watch.Watch) -> None:
+    """Make a watch's thread stop reading now (its socket is shut down under it)."""
+    stream.stop()
+    response = getattr(stream, "_resp", None)
+    if response is not None:
+        with contextlib.suppress(Exception):
+            response.shutdown()
 
 
 class _NoLog(PlatformError):
