@@ -34,6 +34,7 @@ from commands.catalog import Catalog
 from commands.db import Database, utcnow
 from commands.deploy import Deployer
 from commands.locks import LockManager
+from commands.metrics import MetricsService
 from commands.permissions import Policy
 from commands.targets.base import Platform
 from commands.tasks import Supervisor
@@ -42,7 +43,7 @@ from config.settings import OncallConfig, PermissionsConfig, Settings
 log = logging.getLogger(__name__)
 
 EXTENSIONS = ("bot.exts.core", "bot.exts.status", "bot.exts.audit", "bot.exts.deploy", "bot.exts.locks",
-              "bot.exts.logs", "bot.exts.alerts", "bot.exts.oncall", "bot.exts.maintenance")
+              "bot.exts.logs", "bot.exts.alerts", "bot.exts.oncall", "bot.exts.maintenance", "bot.exts.metrics")
 
 
 @dataclass
@@ -55,6 +56,7 @@ class App:
     platforms: dict[str, Platform]
     locks: LockManager
     http: HttpServer | None = None
+    prometheus: MetricsService | None = None  # !status numbers, !graph, !query, alert graphs
     policy: Policy = field(init=False)
     catalog: Catalog = field(init=False)
     deployer: Deployer = field(init=False)
@@ -121,8 +123,13 @@ class App:
             await supervisor.start()
             stack.push_async_callback(supervisor.stop)
 
+            prometheus = MetricsService.from_settings(settings) if settings.prometheus_url else None
+            if prometheus is not None:
+                stack.push_async_callback(prometheus.close)
+
             app = cls(settings=settings, db=db, audit=AuditLog(db), metrics=Metrics(),
-                      supervisor=supervisor, platforms=platforms, locks=LockManager(db), clock=clock)
+                      supervisor=supervisor, platforms=platforms, locks=LockManager(db), clock=clock,
+                      prometheus=prometheus)
             await app._open_alerting(stack)
             if serve_http:
                 app.http = HttpServer(settings.webhook_listen, app.metrics, app.ready)
@@ -135,7 +142,8 @@ class App:
         """Alerts, the scheduler, on-call and escalation: all talk to chat through one notifier."""
         settings, db = self.settings, self.db
         self.notifier = DiscordNotifier(lambda: self.bot)
-        self.alerts = AlertService(settings, db, self.notifier)
+        graphs = self.prometheus if settings.metrics.alert_graphs else None
+        self.alerts = AlertService(settings, db, self.notifier, graphs=graphs)
         self.scheduler = Scheduler.from_settings(db, settings, clock=self.clock, on_problem=self._scheduler_problem)
         self.oncall = OnCall.from_settings(db, settings, scheduler=self.scheduler, notifier=self.notifier,
                                            role_sync=RoleSync(lambda: self.bot), clock=self.clock)

@@ -50,9 +50,11 @@ def fit_embeds(embeds: Sequence[discord.Embed]) -> tuple[list[discord.Embed], in
 
 
 def _colour(states: Sequence[TargetState]) -> int:
-    if any(s.error or s.rollout == "failed" for s in states):
+    levels = {m.level for s in states for m in s.metrics}
+    if any(s.error or s.rollout == "failed" for s in states) or "critical" in levels:
         return RED
-    if any(s.rollout in ("progressing", "paused", "unknown") or s.ready < s.desired for s in states):
+    if any(s.rollout in ("progressing", "paused", "unknown") or s.ready < s.desired for s in states) \
+            or "warn" in levels:
         return YELLOW
     if all(s.rollout == "scaled-down" for s in states):
         return GREY
@@ -87,6 +89,31 @@ def summary_line(s: TargetState) -> str:
     return " · ".join(parts)
 
 
+_LEVEL_ICON = {"ok": "🟢", "warn": "🟡", "critical": "🔴", "none": "▫️"}
+
+
+def metrics_block(s: TargetState) -> str:
+    """The Metrics field of one target: a line per number, coloured by its thresholds."""
+    if s.metrics_error:
+        return f"⚠️ {s.metrics_error}"
+    lines = []
+    for m in s.metrics:
+        icon = "⚠️" if m.error else _LEVEL_ICON.get(m.level, "▫️")
+        lines.append(f"{icon} **{m.title}** {m.text}" + (f" — {m.error}" if m.error else ""))
+    if s.metrics_at is not None:
+        lines.append(f"from Prometheus at <t:{int(s.metrics_at.timestamp())}:T>")
+    return "\n".join(lines)
+
+
+def metrics_line(s: TargetState) -> str:
+    """The overview's numbers after a service's summary: `` · 12.3 req/s · 🟢 0.2% errors``."""
+    parts = []
+    for m in s.metrics:
+        icon = "" if m.level == "none" else _LEVEL_ICON[m.level] + " "
+        parts.append(f"{icon}{m.title} {m.text}")
+    return "".join(f" · {p}" for p in parts)
+
+
 def _detail_embed(s: TargetState, now: datetime) -> discord.Embed:
     e = discord.Embed(title=clip(f"{s.service} · {s.env}", MAX_TITLE), colour=_colour([s]),
                       description=clip(summary_line(s), MAX_DESCRIPTION))
@@ -113,6 +140,8 @@ def _detail_embed(s: TargetState, now: datetime) -> discord.Embed:
             e.add_field(name=f"Pods ({len(s.pods)})", value=clip("\n".join(lines), MAX_FIELD_VALUE), inline=False)
         if s.locks:
             e.add_field(name="Locks", value=clip("\n".join(f"🔒 {x}" for x in s.locks), MAX_FIELD_VALUE), inline=False)
+        if s.metrics or s.metrics_error:
+            e.add_field(name="Metrics", value=clip(metrics_block(s), MAX_FIELD_VALUE), inline=False)
         if s.warnings:
             lines = [f"**{w.reason}** {w.object}: {w.message}" + (f" (×{w.count})" if w.count > 1 else "")
                      + (f" · {_age(w.last_seen, now)} ago" if w.last_seen else "")
@@ -125,7 +154,8 @@ def _detail_embed(s: TargetState, now: datetime) -> discord.Embed:
 def _env_embed(env: str, states: Sequence[TargetState]) -> discord.Embed:
     e = discord.Embed(title=clip(env, MAX_TITLE), colour=_colour(states))
     for s in states[:MAX_FIELDS]:
-        e.add_field(name=clip(s.service, MAX_FIELD_NAME), value=clip(summary_line(s), MAX_FIELD_VALUE), inline=False)
+        e.add_field(name=clip(s.service, MAX_FIELD_NAME), value=clip(summary_line(s) + metrics_line(s), MAX_FIELD_VALUE),
+                    inline=False)
     if len(states) > MAX_FIELDS:
         e.set_footer(text=f"+{len(states) - MAX_FIELDS} more services")
     return e

@@ -73,8 +73,8 @@ def image(service: str, version: str) -> str:
 # policy is built from the created IDs, see bot/world.py.
 ROLE_GRANTS: dict[str, list[str]] = {
     "Admin": ["*"],
-    "Mod": ["status", "deploy", "rollback", "history", "logs", "lock", "audit", "alerts"],
-    "On-call": ["ack", "silence", "status", "logs", "rollback", "history", "alerts", "oncall"],
+    "Mod": ["status", "deploy", "rollback", "history", "logs", "lock", "audit", "alerts", "query"],
+    "On-call": ["ack", "silence", "status", "logs", "rollback", "history", "alerts", "oncall", "query"],
     "Member": ["status"],
 }
 

@@ -36,7 +36,8 @@ class Status(commands.Cog):
                 and service.lower() not in self.app.catalog.services:
             service, env = None, service
         await ctx.defer()
-        report = await get_status(self.app.catalog, self.app.platforms, service, env)
+        report = await get_status(self.app.catalog, self.app.platforms, service, env,
+                                  metrics=self.app.prometheus)
         # A grant may be scoped (status:staging): show only what the caller may see.
         visible = [s for s in report.states if member_allows(self.app, ctx.author, "status", s.env, s.service)]
         if not visible:
@@ -54,6 +55,8 @@ class Status(commands.Cog):
             notes.append(f"+{cut} more not shown: name a service or env")
         if hidden:
             notes.append(f"{hidden} hidden by your grants")
+        if not report.requested_service and (problem := next((s.metrics_error for s in visible if s.metrics_error), None)):
+            notes.append(f"⚠️ {problem}")  # one note for the overview; a service's embed says it itself
         await ctx.send(" · ".join(notes) or None, embeds=embeds)
 
 

@@ -40,6 +40,9 @@ MATRIX: dict[str, tuple[str, set[str]]] = {
     "!silences": ("alerts", {"admin", "mod", "oncall"}),
     "!silence alertname=Foo 1h matrix test": ("silence", {"admin", "oncall"}),
     "!unsilence 0123abcd": ("silence", {"admin", "oncall"}),
+    "!graph chat prod": ("status", STAFF),
+    "!graph chat prod error_ratio 6h": ("status", STAFF),
+    "!query up": ("query", {"admin", "mod", "oncall"}),
     "!incidents stats": ("alerts", {"admin", "mod", "oncall"}),
     "!note 999 matrix test": ("ack", {"admin", "oncall"}),
     "!resolve 999": ("ack", {"admin", "oncall"}),
@@ -58,6 +61,8 @@ MATRIX: dict[str, tuple[str, set[str]]] = {
 # Lines whose allowed answer may be a warning (the previous user's lock, nothing to unlock).
 MAY_WARN = {"!lock staging matrix test for 10m", "!unlock staging", "!incident 999", "!ack 999", "!unack 999",
             "!alerts", "!silences", "!silence alertname=Foo 1h matrix test", "!unsilence 0123abcd",
+            # no Prometheus in this world: "no Prometheus is configured"
+            "!graph chat prod", "!graph chat prod error_ratio 6h", "!query up",
             "!note 999 matrix test", "!resolve 999", "!oncall cancel 999", "!maintenance cancel 999",
             "!maintenance extend 999 30m", "!maintenance end 999", "!unfreeze dev"}
 
