@@ -16,9 +16,12 @@ the sandbox world) and ``pod``, as a Kubernetes service-discovery relabelling wo
 - ``kube_pod_status_ready{condition}`` and ``kube_deployment_spec_replicas`` /
   ``kube_deployment_status_replicas_available``, as kube-state-metrics names them.
 
-Counters are integrated over time: each scrape adds ``rate × elapsed`` to what the pod has
-served so far, so any number of scrapers see one consistent, monotonic history. A pod that goes
-away takes its series with it (a new pod starts from zero, as a restarted process does).
+Counters are integrated over time, from the pod's creation: each scrape adds ``rate × elapsed``
+to what the pod has served so far, so any number of scrapers see one consistent, monotonic
+history. A pod that goes away takes its CPU, memory and readiness series with it at once; its
+request counters and latency histogram stay, frozen, for :data:`LINGER_SECONDS`, as an ingress
+controller's or a mesh's exporter keeps a gone upstream's: so the errors of a broken pod that the
+bot rolled back within seconds still show in a rate over the next minute.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from prometheus_client.core import (
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from sandbox import world
 from sandbox.cluster import DEPLOYMENTS, PODS, Cluster, Obj
 from sandbox.controller import image_plan
 
@@ -55,6 +59,7 @@ BROKEN_CODES = {"200": 0.25, "500": 0.6, "503": 0.15}
 WAVE_SECONDS = 900.0  # traffic swells and ebbs by ±20 % over this period
 MIB = 1024 * 1024
 LABELS = ("service", "env", "namespace", "pod")
+LINGER_SECONDS = 120.0  # a gone pod's request series stay this long (simulated clock)
 
 
 def _unit(*parts: object) -> float:
@@ -113,6 +118,12 @@ class _PodCounters:
         self.memory = rates.memory
 
 
+def _created(pod: Obj, default: float) -> float:
+    """The pod's creationTimestamp as unix time."""
+    created = pod["metadata"].get("creationTimestamp")
+    return datetime.fromisoformat(created).timestamp() if created else default
+
+
 def _ready(pod: Obj) -> bool:
     conditions = (pod.get("status") or {}).get("conditions") or []
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
@@ -146,12 +157,37 @@ class SandboxMetrics:
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
         self._pods: dict[str, _PodCounters] = {}
+        self._gone: dict[str, tuple[_PodCounters, float]] = {}  # uid → (last counters, when it went)
         self._deployments: list[tuple[tuple[str, str, str, str], int, int]] = []
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._since: float | None = None  # the first update: pods older than that count from it
+        # Integrate on every tick of the cluster too, not only when scraped: a broken pod that
+        # runs for seconds between two scrapes still serves (and fails) its share.
+        cluster.add_controller(self._tick)
+
+    @classmethod
+    def of(cls, cluster: Cluster) -> SandboxMetrics:
+        """The metrics following ``cluster`` (one per cluster, however often it is served)."""
+        for controller in cluster.controllers:
+            owner = getattr(controller, "__self__", None)
+            if isinstance(owner, cls):
+                return owner
+        return cls(cluster)
+
+    def _counting_since(self, pod: Obj, at: float) -> float:
+        """A pod born while we watch counts from its creation (its first seconds between two
+        updates count too); one that was there when we started counts from now, as a freshly
+        started exporter's counters do (Prometheus takes that as a reset, not a burst)."""
+        created = _created(pod, at)
+        return min(created, at) if self._since is not None and created >= self._since else at
+
+    def _tick(self, _cluster: Cluster, now: datetime) -> None:
+        with self._lock:  # the cluster's lock is held already: always that one first
+            self.update(now)
 
     def exposition(self, now: datetime | None = None) -> bytes:
         """The Prometheus text format (0.0.4) as of ``now`` (default: the cluster's clock)."""
-        with self._lock:
+        with self.cluster._lock, self._lock:  # the order ticks take them in
             self.update(now or self.cluster.now())
             registry = CollectorRegistry(auto_describe=False)
             registry.register(_Snapshot(self))
@@ -160,6 +196,8 @@ class SandboxMetrics:
     def update(self, now: datetime) -> None:
         """Advance every pod's counters to ``now``; forget pods that are gone."""
         at = now.timestamp()
+        if self._since is None:
+            self._since = at
         pods = self.cluster.list(PODS)[0]
         by_service: dict[tuple[str, str], list[Obj]] = {}
         for pod in pods:
@@ -171,7 +209,8 @@ class SandboxMetrics:
             weights = [_weight(p) for p in members]
             serving = sum(weights)
             total = traffic(service, namespace, at)
-            nominal = total / max(len(members), 1)
+            # What one pod takes at the env's usual replica count: more pods, less load each.
+            nominal = total / (world.ENV_SPECS[namespace].replicas if namespace in world.ENV_SPECS else 1)
             for pod, weight in zip(members, weights, strict=True):
                 uid = pod["metadata"]["uid"]
                 seen.add(uid)
@@ -180,14 +219,16 @@ class SandboxMetrics:
                     containers = (pod.get("spec") or {}).get("containers") or [{}]
                     counters = self._pods[uid] = _PodCounters(
                         (service, namespace, namespace, pod["metadata"]["name"]),
-                        containers[0].get("name", service), at)
+                        containers[0].get("name", service), self._counting_since(pod, at))
                 share = total * weight / serving if serving else 0.0
                 rates = self._rates(service, pod, share, nominal, at)
                 counters.advance(rates, max(at - counters.updated, 0.0))
                 counters.updated = at
                 counters.ready = _ready(pod)
         for uid in [u for u in self._pods if u not in seen]:
-            del self._pods[uid]
+            self._gone[uid] = (self._pods.pop(uid), at)
+        for uid in [u for u, (_, gone) in self._gone.items() if at - gone > LINGER_SECONDS]:
+            del self._gone[uid]
         self._deployments = [
             ((d["metadata"]["name"], d["metadata"]["namespace"], d["metadata"]["namespace"],
               d["metadata"]["name"]),
@@ -203,8 +244,7 @@ class SandboxMetrics:
         load = share / nominal if nominal else 0.0
         median = MEDIAN_LATENCY.get(service, 0.05) * (0.8 + 0.4 * load) * (6.0 if broken else 1.0)
         name = pod["metadata"]["name"]
-        created = pod["metadata"].get("creationTimestamp")
-        age = at - datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp() if created else 3600.0
+        age = at - _created(pod, at - 3600.0)
         warm = min(max(age, 0.0) / 60.0, 1.0)  # a new pod grows into its working set over a minute
         sawtooth = ((at + 300 * _unit(name)) % 300) / 300  # garbage collection every five minutes
         memory = (BASE_MEMORY_MIB.get(service, 100.0) * (0.6 + 0.4 * warm) + 0.5 * share
@@ -226,6 +266,7 @@ class _Snapshot(Collector):
 
     def _families(self) -> Iterator[Metric]:
         pods = sorted(self.metrics._pods.values(), key=lambda c: c.labels)
+        gone = sorted((c for c, _ in self.metrics._gone.values()), key=lambda c: c.labels)
         requests = CounterMetricFamily("http_requests", "HTTP requests served, by status code.",
                                        labels=[*LABELS, "code"])
         latency = HistogramMetricFamily("http_request_duration_seconds",
@@ -236,12 +277,13 @@ class _Snapshot(Collector):
                                    "Working set of the container.", labels=[*LABELS, "container"])
         ready = GaugeMetricFamily("kube_pod_status_ready", "Whether the pod is ready to serve.",
                                   labels=[*LABELS, "condition"])
-        for c in pods:
+        for c in sorted([*pods, *gone], key=lambda c: c.labels):
             for code in sorted(c.requests):
                 requests.add_metric([*c.labels, code], math.floor(c.requests[code]))
             cumulative = [(repr(le), math.floor(n)) for le, n in zip(BUCKETS, c.buckets, strict=False)]
             cumulative.append(("+Inf", math.floor(c.buckets[-1])))
             latency.add_metric(list(c.labels), cumulative, c.latency_sum)
+        for c in pods:
             cpu.add_metric([*c.labels, c.container], c.cpu)
             memory.add_metric([*c.labels, c.container], round(c.memory))
             ready.add_metric([*c.labels, "true"], 1.0 if c.ready else 0.0)

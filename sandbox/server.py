@@ -412,7 +412,7 @@ class KubernetesApi:
         self.cluster = cluster
         self._host_port = host_port
         self.closing = asyncio.Event()
-        self.metrics = SandboxMetrics(cluster)
+        self.metrics = SandboxMetrics.of(cluster)
         self._handlers: dict[tuple[str, str], Handler] = {
             ("GET", "collection"): self.list_or_watch,
             ("GET", "object"): self.get,
