@@ -13,6 +13,7 @@ import math
 import os
 from collections.abc import Sequence
 from datetime import datetime, tzinfo
+from typing import Any
 
 from matplotlib import dates as mdates
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -49,7 +50,7 @@ UNIT_LABELS = {
 def _axis_formatter(unit: str) -> FuncFormatter:
     def fmt(value: float, _pos: int) -> str:
         if unit == "rps":
-            return f"{sig(value)}/s"
+            return f"{format_value(value, 'count')}/s"
         if unit == "ratio":
             return f"{sig(value * 100)}%"
         if unit == "cores":
@@ -136,11 +137,16 @@ def line_chart(
     ax.xaxis.set_major_locator(locator)
     span = end - start
     ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M" if span <= 86400 else "%b %d %H:%M", tz=tz))
-    ax.yaxis.set_major_locator(MaxNLocator(nbins=6))
-    ax.yaxis.set_major_formatter(_axis_formatter(unit))
     low, high = ax.get_ylim()
     if low > 0 and unit in ("rps", "ratio", "cores", "bytes", "seconds"):
         ax.set_ylim(0, high)  # these start at zero, so a small change does not look dramatic
+    if unit == "bytes":
+        scale, name = _byte_unit(max(abs(v) for v in ax.get_ylim()))
+        ax.yaxis.set_major_locator(_ScaledLocator(scale))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{sig(v / scale)} {name}" if v else "0"))
+    else:
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=6))
+        ax.yaxis.set_major_formatter(_axis_formatter(unit))
 
     for spine in ax.spines.values():
         spine.set_color(GRID)
@@ -165,13 +171,54 @@ def line_chart(
         if legend.get_title():
             legend.get_title().set_color(MUTED)
         for text in legend.get_texts():
-            text.set_text(_clip(text.get_text(), 22))
+            text.set_text(_clip_middle(text.get_text(), 24))
     if not shown:
         ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center", color=MUTED, fontsize=16)
+    _fit(fig, ax, size)
 
     out = io.BytesIO()
     fig.savefig(out, format="png", dpi=DPI, facecolor=BACKGROUND)
     return out.getvalue()
+
+
+def _fit(fig: Figure, ax: Any, size: tuple[int, int], margin: float = 10.0) -> None:
+    """Move the plot's edges so its tick labels, axis label and legend stay inside the image."""
+    for _ in range(3):
+        renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+        box = ax.get_tightbbox(renderer)
+        left, right = margin - box.x0, box.x1 - (size[0] - margin)
+        if left <= 0.5 and right <= 0.5:
+            return
+        pos = ax.get_position()
+        x0 = pos.x0 + max(left, 0) / size[0]
+        x1 = pos.x1 - max(right, 0) / size[0]
+        ax.set_position((x0, pos.y0, max(x1 - x0, 0.3), pos.height))
+
+
+def _byte_unit(top: float) -> tuple[float, str]:
+    for name, scale in (("TiB", 2.0**40), ("GiB", 2.0**30), ("MiB", 2.0**20), ("KiB", 2.0**10)):
+        if top >= scale:
+            return scale, name
+    return 1.0, "B"
+
+
+class _ScaledLocator(MaxNLocator):
+    """Round ticks in a unit (every 50 MiB, not every 38.1 MiB)."""
+
+    def __init__(self, scale: float) -> None:
+        super().__init__(nbins=6, steps=[1, 2, 2.5, 5, 10])
+        self.scale = scale
+
+    def tick_values(self, vmin: float, vmax: float) -> Any:
+        return super().tick_values(vmin / self.scale, vmax / self.scale) * self.scale
+
+
+def _clip_middle(text: str, limit: int) -> str:
+    """Long names lose their middle: pod names differ at the end (``auth-867…4-hkk2s``)."""
+    if len(text) <= limit:
+        return text
+    tail = limit * 2 // 3
+    return text[: limit - tail - 1] + "…" + text[-tail:]
 
 
 def _with_gaps(points: Sequence[tuple[float, float]], step: float, tz: tzinfo) -> tuple[list[datetime], list[float]]:
