@@ -12,7 +12,7 @@ import io
 import math
 import os
 from collections.abc import Sequence
-from datetime import datetime, tzinfo
+from datetime import UTC, datetime, tzinfo
 from typing import Any
 
 from matplotlib import dates as mdates
@@ -126,13 +126,13 @@ def line_chart(
     FigureCanvasAgg(fig)
     ax = fig.add_axes((0.085, 0.17, 0.68, 0.68), facecolor=PLOT)
     for n, i in enumerate(order):
-        xs, ys = _with_gaps(shown[i].points, step, tz)
+        xs, ys = _with_gaps(shown[i].points, step)
         ax.plot(xs, ys, color=PALETTE[n % len(PALETTE)], linewidth=2.0, label=labels[i])
     for t in thresholds:
         ax.axhline(t.value, color=THRESHOLD_COLOURS.get(t.kind, "#ed4245"), linestyle="--", linewidth=1.4,
                    label=t.label)
 
-    ax.set_xlim(datetime.fromtimestamp(start, tz), datetime.fromtimestamp(end, tz))
+    ax.set_xlim(_x(start), _x(end))
     locator = mdates.AutoDateLocator(tz=tz, minticks=4, maxticks=8)
     ax.xaxis.set_major_locator(locator)
     span = end - start
@@ -210,7 +210,8 @@ class _ScaledLocator(MaxNLocator):
         self.scale = scale
 
     def tick_values(self, vmin: float, vmax: float) -> Any:
-        return super().tick_values(vmin / self.scale, vmax / self.scale) * self.scale
+        ticks: Any = super().tick_values(vmin / self.scale, vmax / self.scale)
+        return ticks * self.scale
 
 
 def _clip_middle(text: str, limit: int) -> str:
@@ -221,16 +222,21 @@ def _clip_middle(text: str, limit: int) -> str:
     return text[: limit - tail - 1] + "…" + text[-tail:]
 
 
-def _with_gaps(points: Sequence[tuple[float, float]], step: float, tz: tzinfo) -> tuple[list[datetime], list[float]]:
+def _x(at: float) -> float:
+    """Unix time as matplotlib's date number (the axis formats it in the chart's zone)."""
+    return float(mdates.date2num(datetime.fromtimestamp(at, UTC)))
+
+
+def _with_gaps(points: Sequence[tuple[float, float]], step: float) -> tuple[list[float], list[float]]:
     """Points as datetimes; a missing stretch (more than two steps) breaks the line."""
-    xs: list[datetime] = []
+    xs: list[float] = []
     ys: list[float] = []
     previous: float | None = None
     for at, value in points:
         if previous is not None and at - previous > 2.5 * step:
-            xs.append(datetime.fromtimestamp(previous + step, tz))
+            xs.append(_x(previous + step))
             ys.append(math.nan)
-        xs.append(datetime.fromtimestamp(at, tz))
+        xs.append(_x(at))
         ys.append(value)
         previous = at
     return xs, ys

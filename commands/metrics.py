@@ -130,9 +130,9 @@ def format_value(value: float | None, unit: str) -> str:
     if unit == "cores":
         return f"{round(value * 1000):g}m cores" if abs(value) < 1 else f"{sig(value)} cores"
     if unit == "bytes":
-        for name, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-            if abs(value) >= size:
-                return f"{sig(value / size)} {name}"
+        for name, scale in (("TiB", 2.0**40), ("GiB", 2.0**30), ("MiB", 2.0**20), ("KiB", 2.0**10)):
+            if abs(value) >= scale:
+                return f"{sig(value / scale)} {name}"
         return f"{value:.0f} B"
     for suffix, size in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(value) >= size:

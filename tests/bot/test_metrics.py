@@ -236,3 +236,14 @@ async def test_an_alert_gets_a_graph_of_its_expression_in_its_thread(metrics_wor
     assert post.content.endswith("over the last hour")
     assert png_size(await post.attachments[0].read()) == CHART_SIZE
     assert "Traceback" not in embed_text(post)
+
+
+async def test_slash_graph_and_query(metrics_world):
+    ops = metrics_world.channels["ops"]
+    result = await metrics_world.members["member"].slash(ops, "graph", service="chat", env="prod", what="cpu 15m")
+    message = (result.followups[-1] if result.followups else result.response).message
+    assert message.content.startswith("📈 `chat` in `prod`: cpu over the last 15m")
+    assert png_size(await message.attachments[0].read()) == CHART_SIZE
+    result = await metrics_world.members["oncall"].slash(ops, "query", promql='count(kube_pod_status_ready{condition="true"})')
+    message = (result.followups[-1] if result.followups else result.response).message
+    assert message.content.startswith("🔎 `count(kube_pod_status_ready{condition=\"true\"})` — vector, 1 series")
