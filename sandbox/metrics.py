@@ -209,8 +209,10 @@ class SandboxMetrics:
             weights = [_weight(p) for p in members]
             serving = sum(weights)
             total = traffic(service, namespace, at)
-            # What one pod takes at the env's usual replica count: more pods, less load each.
-            nominal = total / (world.ENV_SPECS[namespace].replicas if namespace in world.ENV_SPECS else 1)
+            # What one pod takes on an average day at the env's usual replica count: more pods or
+            # less traffic, less load each (and quicker answers).
+            usual = world.ENV_SPECS[namespace].replicas if namespace in world.ENV_SPECS else 1
+            nominal = ENV_RPS.get(namespace, 1.0) * SERVICE_FACTOR.get(service, 1.0) / usual
             for pod, weight in zip(members, weights, strict=True):
                 uid = pod["metadata"]["uid"]
                 seen.add(uid)
