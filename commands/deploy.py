@@ -260,6 +260,7 @@ def _reason(progress: RolloutProgress) -> str:
     parts = [progress.reason or "failed"]
     if progress.message:
         parts.append(progress.message)
-    if progress.failing_pods:
-        parts.append("pods " + ", ".join(progress.failing_pods[:3]))
+    unnamed = [p for p in progress.failing_pods if p not in (progress.message or "")]
+    if unnamed:
+        parts.append("pods " + ", ".join(unnamed[:3]))
     return ": ".join(parts[:2]) + (f" ({parts[2]})" if len(parts) > 2 else "")
