@@ -50,6 +50,13 @@ class Catalog:
             return name
         raise _unknown("env", name, self.envs)
 
+    def lone_env(self, service: str | None, env: str | None) -> tuple[str | None, str | None]:
+        """`!status prod` means every service in prod: a lone argument naming an env (and no
+        service) is the env."""
+        if service and env is None and service.lower() in self.envs and service.lower() not in self.services:
+            return None, service
+        return service, env
+
     def target(self, service: str, env: str) -> object:
         svc = self.settings.services[service]
         if env not in svc.envs:

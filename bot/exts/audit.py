@@ -23,8 +23,7 @@ class Audit(commands.Cog):
     async def audit(self, ctx: commands.Context[Any], service: str | None = None, env: str | None = None) -> None:
         """The latest audited actions, optionally for one service and env."""
         catalog = self.app.catalog
-        if service and env is None and service.lower() in catalog.envs and service.lower() not in catalog.services:
-            service, env = None, service
+        service, env = catalog.lone_env(service, env)
         service = catalog.service(service) if service else None
         env = catalog.env(env) if env else None
         records = await self.app.audit.query(service=service, env=env, limit=20)

@@ -31,10 +31,7 @@ class Status(commands.Cog):
     @app_commands.describe(service="a service (default: all)", env="an environment (default: all)")
     async def status(self, ctx: commands.Context[Any], service: str | None = None, env: str | None = None) -> None:
         """Version, replicas, rollout state, restarts and warnings of services per env."""
-        # `!status prod` means every service in prod.
-        if service and env is None and service.lower() in self.app.catalog.envs \
-                and service.lower() not in self.app.catalog.services:
-            service, env = None, service
+        service, env = self.app.catalog.lone_env(service, env)
         await ctx.defer()
         report = await get_status(self.app.catalog, self.app.platforms, service, env,
                                   metrics=self.app.prometheus)
