@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -27,13 +26,9 @@ class StepClock:
         return T0 + timedelta(seconds=self.calls - 1)
 
 
-def _url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'data' / 'opsbot.db'}"
-
-
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    database = Database(_url(tmp_path))
+def db(db_url: str) -> Iterator[Database]:
+    database = Database(db_url)
     database.create_all()
     yield database
     database.dispose()
@@ -141,15 +136,15 @@ async def test_query_rejects_bad_limits(audit: AuditLog, limit: int):
         await audit.query(limit=limit)
 
 
-async def test_entries_survive_a_new_database_instance(tmp_path: Path):
-    first = Database(_url(tmp_path))
+async def test_entries_survive_a_new_database_instance(db_url: str):
+    first = Database(db_url)
     await first.run(first.create_all)
     rec = await AuditLog(first).record(
         user_id=7, user_name="ops", action="deploy", result="ok", service="chat", env="prod", args={"v": "1"}
     )
     first.dispose()
 
-    second = Database(_url(tmp_path))
+    second = Database(db_url)
     try:
         await second.run(second.create_all)  # idempotent on an existing database
         assert await AuditLog(second).query() == [rec]

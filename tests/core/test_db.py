@@ -1,4 +1,4 @@
-"""Database: SQLite setup, transactions, UTC datetimes, worker-thread runs."""
+"""Database: SQLite setup, transactions (SQLite and PostgreSQL), UTC datetimes, worker-thread runs."""
 
 from __future__ import annotations
 
@@ -33,8 +33,8 @@ def test_sqlite_file_gets_parent_dir_wal_and_busy_timeout(tmp_path):
         db.dispose()
 
 
-def test_session_commits_or_rolls_back(tmp_path):
-    db = Database(f"sqlite:///{tmp_path / 'x.db'}")
+def test_session_commits_or_rolls_back(db_url):
+    db = Database(db_url)
     db.create_all()
     try:
         with db.session() as s:
@@ -89,3 +89,21 @@ def test_utc_datetime_rejects_naive_and_returns_aware():
     assert back == datetime(2024, 5, 1, 12, tzinfo=UTC)
     assert back is not None and back.tzinfo is UTC
 
+
+
+def test_utc_datetimes_round_trip_on_every_backend(db_url):
+    """Aware in, aware UTC out, whatever the session's time zone (PostgreSQL's may not be UTC)."""
+    db = Database(db_url)
+    db.create_all()
+    try:
+        at = datetime(2024, 5, 1, 14, 30, 15, 123456, tzinfo=timezone(timedelta(hours=2)))
+        with db.session() as s:
+            s.add(_entry(at=at))
+        with db.session() as s:
+            back = s.scalars(select(AuditEntry.at)).one()
+            later = s.scalar(select(func.count()).select_from(AuditEntry).where(
+                AuditEntry.at > datetime(2024, 5, 1, 12, 30, 15, tzinfo=UTC)))
+        assert back == at and back.tzinfo is UTC
+        assert later == 1
+    finally:
+        db.dispose()

@@ -10,7 +10,6 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
@@ -33,13 +32,9 @@ class FakeClock:
         self.now += timedelta(**kw)
 
 
-def _url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'data' / 'opsbot.db'}"
-
-
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    database = Database(_url(tmp_path))
+def db(db_url: str) -> Iterator[Database]:
+    database = Database(db_url)
     database.create_all()
     yield database
     database.dispose()
@@ -110,9 +105,9 @@ async def test_many_tasks_one_target_exactly_one_wins(locks: LockManager):
     assert await locks.active() == [won[0].info]
 
 
-async def test_two_database_instances_on_one_file_never_double_a_lock(tmp_path: Path, clock: FakeClock):
+async def test_two_database_instances_on_one_file_never_double_a_lock(db_url: str, clock: FakeClock):
     """Two Database instances are two connection pools on one file: what two replicas would be."""
-    first, second = Database(_url(tmp_path)), Database(_url(tmp_path))
+    first, second = Database(db_url), Database(db_url)
     first.create_all()
     try:
         managers = [LockManager(first, clock=clock), LockManager(second, clock=clock)]
@@ -143,12 +138,12 @@ def _acquire_in_process(url: str, barrier: multiprocessing.synchronize.Barrier, 
     return asyncio.run(main())
 
 
-def test_separate_processes_exactly_one_wins(db: Database, tmp_path: Path):
+def test_separate_processes_exactly_one_wins(db: Database, db_url: str):
     n = 4
     ctx = multiprocessing.get_context("spawn")
     with ctx.Manager() as manager, ProcessPoolExecutor(n, mp_context=ctx) as pool:
         barrier = manager.Barrier(n)
-        futures = [pool.submit(_acquire_in_process, _url(tmp_path), barrier, f"p{i}") for i in range(n)]
+        futures = [pool.submit(_acquire_in_process, db_url, barrier, f"p{i}") for i in range(n)]
         results = [f.result(timeout=60) for f in futures]
     winners = [f"p{i}" for i, r in enumerate(results) if r == "won"]
     assert len(winners) == 1, results
@@ -287,13 +282,13 @@ async def test_renew_extends_an_operation_lock(locks: LockManager, clock: FakeCl
     assert not await held.renew(timedelta(minutes=10))
 
 
-async def test_locks_survive_a_restart(tmp_path: Path, clock: FakeClock):
-    first = Database(_url(tmp_path))
+async def test_locks_survive_a_restart(db_url: str, clock: FakeClock):
+    first = Database(db_url)
     first.create_all()
     await _deploy(LockManager(first, clock=clock), who="crashed")
     first.dispose()  # the bot dies without releasing
 
-    second = Database(_url(tmp_path))
+    second = Database(db_url)
     try:
         second.create_all()
         locks = LockManager(second, clock=clock)
@@ -403,8 +398,8 @@ async def test_env_lock_while_service_locks_and_operations_exist(locks: LockMana
         await _deploy(locks, "auth", "prod")
 
 
-async def test_concurrent_manual_locks_on_one_scope(tmp_path: Path, clock: FakeClock):
-    first, second = Database(_url(tmp_path)), Database(_url(tmp_path))
+async def test_concurrent_manual_locks_on_one_scope(db_url: str, clock: FakeClock):
+    first, second = Database(db_url), Database(db_url)
     first.create_all()
     try:
         managers = [LockManager(first, clock=clock), LockManager(second, clock=clock)]
