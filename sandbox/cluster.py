@@ -14,6 +14,7 @@ from __future__ import annotations
 import builtins
 import copy
 import functools
+import json
 import re
 import threading
 import uuid
@@ -69,6 +70,8 @@ class ResourceKind:
     # fields usable in a fieldSelector besides metadata.name and metadata.namespace
     field_labels: tuple[str, ...] = ()
     subresources: tuple[Subresource, ...] = ()
+    # False: a PUT must carry metadata.resourceVersion (the apiserver's AllowUnconditionalUpdate)
+    unconditional_update: bool = True
 
     @property
     def api_version(self) -> str:
@@ -121,7 +124,13 @@ CRONJOBS = ResourceKind(
     has_generation=True, subresources=(_STATUS,),
 )
 
-KINDS: tuple[ResourceKind, ...] = (NAMESPACES, PODS, EVENTS, DEPLOYMENTS, REPLICASETS, JOBS, CRONJOBS)
+# Leader election's lock. Like the real registry, a Lease update must say which version it replaces.
+LEASES = ResourceKind(
+    "coordination.k8s.io", "v1", "leases", "Lease", "lease", unconditional_update=False,
+)
+
+KINDS: tuple[ResourceKind, ...] = (NAMESPACES, PODS, EVENTS, DEPLOYMENTS, REPLICASETS, JOBS, CRONJOBS,
+                                   LEASES)
 
 
 # --------------------------------------------------------------------------- errors
@@ -559,6 +568,55 @@ def _typed(kind: ResourceKind, obj: Obj) -> Obj:
     return {"apiVersion": kind.api_version, "kind": kind.kind, **rest}
 
 
+_MICRO_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}(Z|[+-]\d{2}:\d{2})$")
+RFC3339_MICRO = "2006-01-02T15:04:05.000000Z07:00"  # Go's layout, as the apiserver names it
+
+
+def micro_time(value: Any, kind: ResourceKind) -> str:
+    """A metav1.MicroTime as the apiserver reads and writes it.
+
+    Parsing is Go's ``time.Parse(RFC3339Micro, …)``: exactly six fraction digits and a zone
+    (Python's ``isoformat()`` drops the fraction when it is zero, and the real apiserver refuses
+    that); the answer is always UTC with ``Z``.
+    """
+    text = value if isinstance(value, str) else json.dumps(value)
+    if not isinstance(value, str) or not _MICRO_TIME.match(value):
+        raise ApiError.bad_request(
+            f'{kind.kind} in version "{kind.version}" cannot be handled as a {kind.kind}: '
+            f'parsing time {text} as "{RFC3339_MICRO}": cannot parse {text} as RFC3339Micro')
+    moment = datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _validated(kind: ResourceKind, obj: Obj) -> Obj:
+    """Kind-specific decoding and validation the apiserver does before storing (Leases only)."""
+    if kind.resource != "leases":
+        return obj
+    name = (obj.get("metadata") or {}).get("name") or ""
+    spec = obj.get("spec")
+    if spec is None:
+        return obj
+    if not isinstance(spec, dict):
+        raise ApiError.bad_request(f'{kind.kind} in version "v1" cannot be handled as a {kind.kind}: '
+                                   "spec must be an object")
+    for field_name in ("acquireTime", "renewTime"):
+        if spec.get(field_name) is not None:
+            spec[field_name] = micro_time(spec[field_name], kind)
+    for field_name, least in (("leaseDurationSeconds", 1), ("leaseTransitions", 0)):
+        value = spec.get(field_name)
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ApiError.bad_request(
+                f'{kind.kind} in version "v1" cannot be handled as a {kind.kind}: '
+                f"json: cannot unmarshal {type(value).__name__} into Go struct field "
+                f"LeaseSpec.spec.{field_name} of type int32")
+        if value < least:
+            problem = "must be greater than 0" if least else "must be greater than or equal to 0"
+            raise ApiError.invalid(kind, name, f"spec.{field_name}", f"Invalid value: {value}: {problem}")
+    return obj
+
+
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # what Kubernetes uses for generated names
 
@@ -661,7 +719,7 @@ class Cluster:
             key = self._key(kind, ns, name)
             if key in self._objects:
                 raise ApiError.already_exists(kind, name)
-            obj = _typed(kind, obj)
+            obj = _typed(kind, _validated(kind, obj))
             meta.setdefault("uid", self.new_uid())
             if not meta.get("creationTimestamp"):  # the seed may backdate; clients send null
                 meta["creationTimestamp"] = rfc3339(self.now())
@@ -680,12 +738,15 @@ class Cluster:
             if old is None:
                 raise ApiError.not_found(kind, name)
             given = meta.get("resourceVersion")
+            if not given and not kind.unconditional_update:
+                raise ApiError.invalid(kind, name, "metadata.resourceVersion",
+                                       "Invalid value: 0x0: must be specified for an update")
             if given and given != old["metadata"]["resourceVersion"]:
                 raise ApiError.conflict(kind, name)
             for immutable in ("uid", "creationTimestamp", "namespace"):
                 if immutable in old["metadata"]:
                     meta[immutable] = old["metadata"][immutable]
-            obj = _typed(kind, obj)
+            obj = _typed(kind, _validated(kind, obj))
             if kind.has_generation:
                 generation = old["metadata"].get("generation", 1)
                 meta["generation"] = generation + (obj.get("spec") != old.get("spec"))

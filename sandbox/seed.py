@@ -32,6 +32,8 @@ TEMPLATE_HASH = "pod-template-hash"
 NODES = ("sandbox-node-1", "sandbox-node-2", "sandbox-node-3")
 PORT = 8080
 PROGRESS_DEADLINE = 60
+# The bot's own namespace (deploy/kubernetes): where its leader-election Lease lives.
+BOT_NAMESPACE = "opsbot"
 
 _HASH_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 
@@ -294,7 +296,7 @@ def seed(cluster: Cluster) -> Cluster:
     """Fill ``cluster`` with the sandbox world: namespaces, deployments with history, pods."""
     now = cluster.now()
     created = now - timedelta(days=30)
-    for ns in ("default", "kube-system", *world.ENVS):
+    for ns in ("default", "kube-system", BOT_NAMESPACE, *world.ENVS):
         cluster.create(NAMESPACES, {
             "metadata": {"name": ns, "labels": {"kubernetes.io/metadata.name": ns},
                          "creationTimestamp": rfc3339(created)},

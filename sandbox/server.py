@@ -334,6 +334,11 @@ def _event_row(obj: Obj, now: datetime) -> list[Any]:
             _since(first, now), obj.get("count") or 1, obj["metadata"]["name"]]
 
 
+def _lease_row(obj: Obj, now: datetime) -> list[Any]:
+    return [obj["metadata"]["name"], (obj.get("spec") or {}).get("holderIdentity") or "",
+            _age(obj, now)]
+
+
 _WIDE_WORKLOAD = (Column("Containers", priority=1), Column("Images", priority=1),
                   Column("Selector", priority=1))
 
@@ -354,6 +359,8 @@ TABLES: dict[str, tuple[tuple[Column, ...], Row]] = {
                     Column("Message"), Column("First Seen", priority=1),
                     Column("Count", "integer", priority=1), Column("Name", priority=1)),
                    _event_row),
+    "coordination.k8s.io/v1/leases": ((Column("Name"), Column("Holder"), Column("Age")),
+                                      _lease_row),
 }
 
 
