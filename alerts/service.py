@@ -59,7 +59,7 @@ from alerts.render import RenderOptions, render_incident, render_notice, render_
 from alerts.routing import Matcher, MatcherError, Router, parse_matchers
 from alerts.stats import ResponseStats, response_stats
 from alerts.store import AlertStore, MessageWork, StoreOptions, TimelineWork
-from alerts.watchdog import Watchdog
+from alerts.watchdog import Watchdog, last_heartbeat, record_heartbeat
 from commands.catalog import UserError
 from commands.db import Database, utcnow
 from commands.timeutil import parse_duration, short
@@ -106,6 +106,7 @@ class AlertService:
         clock: Callable[[], datetime] = utcnow,
         watchdog_interval: float = 15.0,
         housekeeping_interval: float = 60.0,
+        poll_interval: float | None = None,
     ) -> None:
         cfg = settings.alerts
         self.settings = settings
@@ -177,6 +178,8 @@ class AlertService:
         self._own_alertmanager = alertmanager is None and bool(settings.alertmanager_url)
         self._watchdog_interval = watchdog_interval
         self._housekeeping_interval = housekeeping_interval
+        # With replicas, webhooks reach any of them: the leader's senders look for work others stored.
+        self._poll_interval = poll_interval
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._started = False
@@ -208,6 +211,8 @@ class AlertService:
         if self.watchdog is not None:
             self._spawn("alerts-watchdog", self._watchdog_loop)
         self._spawn("alerts-housekeeping", self._housekeeping_loop)
+        if self._poll_interval:
+            self._spawn("alerts-poll", self._poll_loop)
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop the loops, let the chat operation in flight finish, close the Alertmanager client."""
@@ -274,9 +279,12 @@ class AlertService:
             payload = WebhookPayload.model_validate(payload)
         outcome = await self._db.run(self.store.ingest, payload, self.router)
         if outcome.result.heartbeat and self.watchdog is not None:
-            change = self.watchdog.seen()
-            if change is not None:
-                await self._notice(self.watchdog.message(change))
+            now = self._clock()
+            await self._db.run(record_heartbeat, self._db, self.watchdog.alertname, now)
+            if self._started:  # the leader says "back" at once; a standby leaves it to the leader
+                change = self.watchdog.seen(now)
+                if change is not None:
+                    await self._notice(self.watchdog.message(change))
         self.outbox.wake(outcome.channels)
         return outcome.result
 
@@ -634,6 +642,12 @@ class AlertService:
         """Check the watchdog once (the loop calls it; tests call it with their own clock)."""
         if self.watchdog is None:
             return None
+        # Arrivals at other replicas count too.
+        seen = await self._db.run(last_heartbeat, self._db, self.watchdog.alertname)
+        if seen is not None:
+            back = self.watchdog.seen(seen)
+            if back is not None:
+                await self._notice(self.watchdog.message(back))
         change = self.watchdog.check()
         if change is not None:
             log.warning("alerts: %s", self.watchdog.message(change))
@@ -645,6 +659,14 @@ class AlertService:
         interval = min(self._watchdog_interval, self.watchdog.timeout.total_seconds() / 4)
         while not await self._sleep(interval):
             await self.check_watchdog()
+
+    async def _poll_loop(self) -> None:
+        assert self._poll_interval
+        while not await self._sleep(self._poll_interval):
+            try:
+                self.outbox.wake(await self._db.run(self.store.pending_channels))
+            except Exception:
+                log.exception("alerts: looking for work stored by other replicas failed")
 
     async def housekeeping(self) -> None:
         """Silences that ended stop showing; old dedup receipts go."""

@@ -63,6 +63,9 @@ class App:
     pending: PendingStore = field(default_factory=PendingStore)
     bot: commands.Bot | None = None
     clock: Callable[[], datetime] = utcnow  # on-call and the scheduler (escalation, hand-offs); tests inject one
+    is_leader: bool = False  # runs the leader's duties (App.leading)
+    draining: bool = False  # shutting down: new commands are refused politely
+    leader_name: str | None = None  # with ha.enabled: who leads, as this replica last saw it
     notifier: DiscordNotifier = field(init=False)
     alerts: AlertService = field(init=False)
     scheduler: Scheduler = field(init=False)
@@ -90,14 +93,22 @@ class App:
         await self.oncall.schedule_handoffs()
 
     def ready(self) -> tuple[bool, str]:
+        """/readyz: may this replica be sent webhooks? A standby may (they go to the shared
+        database); a replica shutting down may not."""
+        if self.draining:
+            return False, "shutting down"
+        if self.settings.ha.enabled and not self.is_leader:
+            return True, f"standby; leader: {self.leader_name or 'unknown'}"
         if self.bot is None or not self.bot.is_ready():
             return False, "discord session not ready"
-        return True, "ok"
+        return True, "leader" if self.settings.ha.enabled else "ok"
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, settings: Settings, *, serve_http: bool = True,
+    async def open(cls, settings: Settings, *, serve_http: bool = True, lead: bool = True,
                    clock: Callable[[], datetime] = utcnow) -> AsyncIterator[App]:
+        """Everything built and the webhook served. ``lead``: also start the leader's duties at once
+        (one replica); with ``lead=False`` (a replica in an election) enter :meth:`leading` later."""
         async with AsyncExitStack() as stack:
             settings.data_dir.mkdir(parents=True, exist_ok=True)
             db = Database(settings.database)
@@ -130,7 +141,10 @@ class App:
             app = cls(settings=settings, db=db, audit=AuditLog(db), metrics=Metrics(),
                       supervisor=supervisor, platforms=platforms, locks=LockManager(db), clock=clock,
                       prometheus=prometheus)
-            await app._open_alerting(stack)
+            app._build_alerting()
+            await db.run(app.alerts.store.create_tables)
+            if lead:
+                await stack.enter_async_context(app.leading())
             if serve_http:
                 app.http = HttpServer(settings.webhook_listen, app.metrics, app.ready)
                 app.http.add_routes(app.alerts.routes())
@@ -138,26 +152,39 @@ class App:
                 stack.push_async_callback(app.http.stop)
             yield app
 
-    async def _open_alerting(self, stack: AsyncExitStack) -> None:
+    def _build_alerting(self) -> None:
         """Alerts, the scheduler, on-call and escalation: all talk to chat through one notifier."""
         settings, db = self.settings, self.db
         self.notifier = DiscordNotifier(lambda: self.bot)
         graphs = self.prometheus if settings.metrics.alert_graphs else None
-        self.alerts = AlertService(settings, db, self.notifier, graphs=graphs)
+        self.alerts = AlertService(settings, db, self.notifier, graphs=graphs,
+                                   poll_interval=1.0 if settings.ha.enabled else None)
         self.scheduler = Scheduler.from_settings(db, settings, clock=self.clock, on_problem=self._scheduler_problem)
         self.oncall = OnCall.from_settings(db, settings, scheduler=self.scheduler, notifier=self.notifier,
                                            role_sync=RoleSync(lambda: self.bot), clock=self.clock)
         self.escalation = EscalationEngine(self.scheduler, self.notifier, self.oncall, _IncidentLookup(self.alerts),
                                            db=db, config=settings.oncall, dm=self.notifier)
         self.alerts.outbox.on_message = self._incident_message
-        await self.alerts.start()
-        stack.push_async_callback(self.alerts.stop)
         self._make_maintenance()  # before the scheduler starts: jobs due at once need it
-        await self.scheduler.start()
-        stack.push_async_callback(self.scheduler.shutdown)
-        await self.escalation.resume()
-        await self.oncall.schedule_handoffs()
-        await self._open_maintenance()
+
+    @asynccontextmanager
+    async def leading(self) -> AsyncIterator[None]:
+        """The leader's duties, for as long as this replica leads: the alert senders, reconciliation
+        and watchdog, and the scheduler (escalation, hand-offs, maintenance, freezes). One replica
+        runs them, so nothing is sent or run twice. (The Discord session is the caller's: run.py.)"""
+        async with AsyncExitStack() as stack:
+            await self.alerts.start()
+            stack.push_async_callback(self.alerts.stop)
+            await self.scheduler.start()
+            stack.push_async_callback(self.scheduler.shutdown)
+            await self.escalation.resume()
+            await self.oncall.schedule_handoffs()
+            await self._open_maintenance()
+            self.is_leader = True
+            try:
+                yield
+            finally:
+                self.is_leader = False
 
     def _make_maintenance(self) -> None:
         """Maintenance windows, recurring chores and scheduled freezes on the shared scheduler (their

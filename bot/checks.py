@@ -39,6 +39,13 @@ class NotConfigured(commands.CheckFailure):
     """A command without ``requires``: refused for everyone (fail closed)."""
 
 
+class Draining(commands.CheckFailure):
+    """The bot is shutting down (a new version rolling out): nothing new starts."""
+
+    def __init__(self) -> None:
+        super().__init__("the bot is restarting and takes no new commands; try again in a few seconds")
+
+
 class Denied(commands.CheckFailure):
     def __init__(self, action: str, env: str | None = None, service: str | None = None,
                  reason: str | None = None) -> None:
@@ -91,7 +98,10 @@ def check_invoke(app: App, member: discord.abc.User, command: commands.Command[A
 
 async def global_check(ctx: commands.Context[Any]) -> bool:
     """Runs before argument parsing for every command, prefix or slash."""
-    check_invoke(_app(ctx), ctx.author, ctx.command)
+    app = _app(ctx)
+    if app.draining:
+        raise Draining()
+    check_invoke(app, ctx.author, ctx.command)
     return True
 
 

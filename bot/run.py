@@ -1,4 +1,17 @@
-"""``opsbot run``: the bot on real Discord."""
+"""``opsbot run``: the bot on real Discord, alone or as one replica of several.
+
+Alone (``ha.enabled: false``) it leads from the start. With ``ha.enabled`` every replica serves the
+alert webhook into the shared database and campaigns for the Lease; the one that wins starts the
+leader's duties (:meth:`App.leading`) and the Discord session. A leader that cannot renew steps
+down by exiting (code 3), so its orchestrator restarts it as a standby: simpler and safer than
+winding every duty back inside a process that may be partitioned.
+
+On SIGTERM/SIGINT (a rolling update, ``docker stop``): /readyz turns 503 and commands and buttons
+are refused with "restarting"; running deploys get ``ha.shutdown_grace_seconds`` to finish, and
+what still runs then is handed over (its lock kept, the next leader takes it up); then the
+Discord session closes, the senders and the scheduler stop, and the Lease is released so a standby
+takes over at once instead of after the lease duration.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +20,25 @@ import contextlib
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pydantic import SecretStr
 
-from bot.app import App, create_bot
+from bot.app import App, OpsBot, create_bot
+from commands.leader import LeaderElector, default_identity
 from config.check import check
+from config.settings import Settings
 
 log = logging.getLogger(__name__)
 
+EXIT_LOST_LEASE = 3
+
 
 async def run_bot(config: Path | None, *, token_file: Path | None = None, sync: bool = False,
-                  **overrides: Any) -> int:
+                  prepare_bot: Callable[[OpsBot], None] | None = None, **overrides: Any) -> int:
+    """``prepare_bot`` lets a test harness route the unmodified bot to a simulated Discord."""
     # Refuse to start on a config that check-config rejects (names that can never be addressed,
     # grants naming unknown envs, …): the same checks, the same report.
     checked = check(config, **overrides)
@@ -33,8 +52,18 @@ async def run_bot(config: Path | None, *, token_file: Path | None = None, sync: 
         log.error("no Discord token: set OPSBOT_DISCORD_TOKEN or pass --token-file")
         print("opsbot: no Discord token (set OPSBOT_DISCORD_TOKEN or pass --token-file)")
         return 2
-    async with App.open(settings) as app:
+
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stopping.set)
+
+    ha = settings.ha
+    async with App.open(settings, lead=not ha.enabled) as app:
         bot = create_bot(app)
+        if prepare_bot is not None:
+            prepare_bot(bot)
 
         @bot.event
         async def on_ready() -> None:
@@ -46,19 +75,76 @@ async def run_bot(config: Path | None, *, token_file: Path | None = None, sync: 
                 synced = await bot.tree.sync(guild=guild)
                 log.warning("synced %d slash commands%s", len(synced), f" to {guild}" if guild else " globally")
 
-        loop = asyncio.get_running_loop()
-        stopping = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, stopping.set)
-        async with bot:
-            runner = asyncio.create_task(bot.start(settings.discord_token.get_secret_value()))
-            stopper = asyncio.create_task(stopping.wait())
-            done, _ = await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if not ha.enabled:
+            return await _lead(app, bot, settings, stopping, None)
+        elector = _elector(settings)
+        app.leader_name = None
+        log.warning("%s: standby; serving webhooks and campaigning for lease %s/%s", elector.identity,
+                    ha.lease_namespace, ha.lease_name)
+        try:
+            campaign = asyncio.create_task(elector.acquire(stopping))
+            while not campaign.done():  # keep /readyz's "leader: X" current while waiting
+                await asyncio.wait({campaign}, timeout=ha.retry_period_seconds)
+                app.leader_name = elector.leader
+            if not campaign.result():
+                log.warning("%s: stopped while standby", elector.identity)
+                return 0
+            app.leader_name = elector.identity
+            async with app.leading():
+                code = await _lead(app, bot, settings, stopping, elector)
+            if code != EXIT_LOST_LEASE:
+                await elector.release()  # after the duties stopped: the next leader never overlaps
+            return code
+        finally:
+            await elector.lock.close()  # type: ignore[attr-defined]
+
+
+def _elector(settings: Settings) -> LeaderElector:
+    from commands.targets.lease import KubernetesLease
+
+    ha = settings.ha
+    lock = KubernetesLease(settings.kubeconfig, ha.lease_namespace, ha.lease_name, context=ha.context,
+                           request_timeout=max(1.0, min(5.0, ha.renew_deadline_seconds / 2)))
+    return LeaderElector(lock, ha.identity or default_identity(), lease_duration=ha.lease_duration_seconds,
+                         renew_deadline=ha.renew_deadline_seconds, retry_period=ha.retry_period_seconds)
+
+
+async def _lead(app: App, bot: OpsBot, settings: Settings, stopping: asyncio.Event,
+                elector: LeaderElector | None) -> int:
+    """Hold the Discord session (and the lease) until told to stop, or until either is lost."""
+    assert settings.discord_token is not None
+    async with bot:
+        runner = asyncio.create_task(bot.start(settings.discord_token.get_secret_value()), name="discord")
+        stopper = asyncio.create_task(stopping.wait(), name="stop-signal")
+        waits: set[asyncio.Task[Any]] = {runner, stopper}
+        holder = None
+        if elector is not None:
+            holder = asyncio.create_task(elector.hold(stopping), name="lease-renewal")
+            waits.add(holder)
+        try:
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            if holder is not None and holder in done and not holder.result():
+                # Someone else may lead already: stop at once, leave running work to them.
+                log.error("lost the lease: stopping at once (exit %d) so that only the new leader acts",
+                          EXIT_LOST_LEASE)
+                app.draining = True
+                await app.supervisor.stop(grace=0)
+                return EXIT_LOST_LEASE
             if runner in done:
                 runner.result()  # surface login errors
-            log.warning("shutting down: finishing background work")
-            await app.supervisor.stop(grace=10)
+                log.error("the Discord session ended")
+                return 1
+            return await _drain(app, settings)
+        finally:
+            for task in (runner, stopper, holder):
+                if task is not None and not task.done():
+                    task.cancel()
             await bot.close()
-            stopper.cancel()
+
+
+async def _drain(app: App, settings: Settings) -> int:
+    grace = settings.ha.shutdown_grace_seconds
+    log.warning("shutting down: no new commands; running work gets %.0f s to finish", grace)
+    app.draining = True
+    await app.supervisor.stop(grace=grace)
     return 0

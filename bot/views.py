@@ -107,6 +107,10 @@ class _PendingButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"
         return cls(match["verb"], match["key"])
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        if _app(interaction).draining and self.verb != "cancel":
+            await _say(interaction, "🔁 The bot is restarting and starts nothing new; run the command again "
+                                    "in a few seconds.")
+            return False
         pending = _app(interaction).pending.get(self.key)
         if pending is None:
             await _say(interaction, "This request is no longer pending (it expired, was answered, or the bot "

@@ -795,6 +795,48 @@ class MetricsConfig(_Model):
         return names
 
 
+class HAConfig(_Model):
+    """High availability: replicas elect a leader on a Kubernetes Lease (coordination.k8s.io/v1).
+
+    Only the leader holds the Discord session and runs the scheduler, the alert senders and the
+    watchdog; every replica serves the alert webhook into the shared database. Off by default: a
+    single replica leads from the start. Needs ``database_url`` to be a shared server (PostgreSQL).
+    """
+
+    enabled: bool = Field(False, description="elect a leader; without it this replica always leads")
+    lease_name: str = Field("opsbot", pattern=r"^[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?$",
+                            description="name of the Lease object")
+    lease_namespace: str = Field("opsbot", description="namespace of the Lease (the bot's own)")
+    context: str | None = Field(None, description="kubeconfig context for the Lease; default: the current one")
+    identity: str | None = Field(None, description="this replica's name in the Lease; default: $POD_NAME, "
+                                                   "else host name and process ID")
+    lease_duration_seconds: float = Field(15.0, ge=1, le=300,
+                                          description="a standby takes over this long after the last renewal")
+    renew_deadline_seconds: float = Field(10.0, ge=0.5, le=300,
+                                          description="the leader steps down if it could not renew for this long")
+    retry_period_seconds: float = Field(2.0, ge=0.1, le=60, description="time between renewals and attempts")
+    shutdown_grace_seconds: float = Field(
+        20.0, ge=0, le=600, description="on SIGTERM, how long running deploys may take to finish before "
+                                        "they are handed over to the next leader")
+
+    @field_validator("renew_deadline_seconds")
+    @classmethod
+    def _deadline(cls, v: float, info: Any) -> float:
+        duration = info.data.get("lease_duration_seconds")
+        if duration is not None and v >= duration:
+            raise ValueError("renew_deadline_seconds must be shorter than lease_duration_seconds "
+                             "(else two replicas could lead at once)")
+        return v
+
+    @field_validator("retry_period_seconds")
+    @classmethod
+    def _retry(cls, v: float, info: Any) -> float:
+        deadline = info.data.get("renew_deadline_seconds")
+        if deadline is not None and v >= deadline:
+            raise ValueError("retry_period_seconds must be shorter than renew_deadline_seconds")
+        return v
+
+
 class Settings(BaseSettings):
     """Everything opsbot reads. YAML file < environment variables < CLI flags."""
 
@@ -838,6 +880,7 @@ class Settings(BaseSettings):
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    ha: HAConfig = Field(default_factory=HAConfig)
 
     # Set by load_settings so errors can name the file; not a user setting.
     source_file: Path | None = Field(None, exclude=True)

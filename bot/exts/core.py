@@ -10,7 +10,7 @@ from typing import Any
 import discord
 from discord.ext import commands
 
-from bot.checks import MUTATING, Denied, NotConfigured, check_invoke, parsed_args, requirement_of, requires, role_ids
+from bot.checks import MUTATING, Denied, Draining, NotConfigured, check_invoke, parsed_args, requirement_of, requires, role_ids
 from bot.render import BLUE, RED, clip
 from alerts.alertmanager import AlertmanagerError
 from commands.catalog import UserError, suggest
@@ -76,6 +76,9 @@ class Core(commands.Cog):
             result = "denied"
             text = f"🚫 {ctx.author.mention}, {error}. `{self.app.settings.command_prefix}perms` shows yours."
             await self._audit_denied(ctx, error)
+        elif isinstance(error, Draining):
+            result = "refused"
+            text = f"🔁 {error}."
         elif isinstance(error, NotConfigured):
             result = "denied"
             text = f"🚫 {error} (fail closed)."

@@ -28,6 +28,7 @@ import contextlib
 import copy
 import json
 import math
+import os
 import secrets
 import threading
 import time
@@ -39,6 +40,7 @@ from typing import Any, TypeVar
 import urllib3
 from kubernetes import client, config, watch
 from kubernetes.config.config_exception import ConfigException
+from kubernetes.config.incluster_config import SERVICE_TOKEN_FILENAME
 
 from commands.logs import LogLine, LogQuery, parse_k8s_line
 from commands.models import (
@@ -98,9 +100,13 @@ class KubernetesPlatform:
         if self.kubeconfig and not self.kubeconfig.exists():
             raise ConfigException("the file does not exist")
         configuration = client.Configuration()
-        config.load_kube_config(
-            config_file=str(self.kubeconfig) if self.kubeconfig else None,
-            context=context, client_configuration=configuration, persist_config=False)
+        if self.kubeconfig is None and _in_cluster():
+            # A pod with a ServiceAccount token and no kubeconfig: the bot deployed by deploy/kubernetes.
+            config.load_incluster_config(client_configuration=configuration)
+        else:
+            config.load_kube_config(
+                config_file=str(self.kubeconfig) if self.kubeconfig else None,
+                context=context, client_configuration=configuration, persist_config=False)
         # One retry for a dropped pooled connection; a slow cluster is not asked twice.
         configuration.retries = urllib3.Retry(total=1, read=0, redirect=0, status=0)
         return configuration
@@ -626,6 +632,13 @@ ANNOTATIONS_TO_SKIP = frozenset({
 FAILING_REASONS = frozenset({"CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull",
                              "InvalidImageName", "CreateContainerConfigError"})
 CRASH_RESTARTS = 2  # restarts after a termination that count as crash-looping
+
+
+def _in_cluster() -> bool:
+    """In a pod (the API's address in the environment, a token mounted) with no kubeconfig at all."""
+    kubeconfig = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
+    return (bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and Path(SERVICE_TOKEN_FILENAME).exists()
+            and not Path(kubeconfig.split(os.pathsep)[0]).exists())
 
 
 async def _again_on_conflict(attempt: Callable[[], Awaitable[T]]) -> T:
