@@ -61,7 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sandbox", help="serve only the emulated Kubernetes API and write a kubeconfig")
     p.add_argument("--port", type=int, default=0, help="port (default: any free one)")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--kubeconfig", type=Path, default=Path("sandbox.kubeconfig"), help="where to write the kubeconfig")
+    p.add_argument("--kubeconfig", type=Path, default=Path("sandbox.kubeconfig"),
+                   help="where to write the kubeconfig (context sandbox: unrestricted admin; with --rbac also a "
+                        "context sa-NAMESPACE-NAME per ServiceAccount)")
+    p.add_argument("--rbac", type=Path, action="append", metavar="PATH",
+                   help="enforce the RBAC in these manifests (a YAML file or a directory, e.g. deploy/kubernetes; "
+                        "repeatable) for their ServiceAccounts' tokens; other requests stay unrestricted")
+    p.add_argument("--sa-kubeconfig", type=Path, metavar="PATH",
+                   help="with --rbac: also write a kubeconfig holding only ServiceAccount opsbot/opsbot (else the "
+                        "first found), as context sandbox, e.g. for `opsbot console --kubeconfig PATH`")
 
     p = sub.add_parser("check-config", help="validate a config, print the permission matrix")
     p.add_argument("--config", type=Path, help="YAML config file (env OPSBOT_CONFIG)")
@@ -96,7 +104,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         _logging(1)
         from sandbox.server import serve_forever
 
-        serve_forever(args.host, args.port, args.kubeconfig)
+        serve_forever(args.host, args.port, args.kubeconfig, rbac=args.rbac, sa_kubeconfig=args.sa_kubeconfig)
         return 0
     _logging(args.verbose)
     config = args.config or _env_config()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,26 +15,46 @@ import yaml
 CONTEXT = "sandbox"
 
 
-def kubeconfig(server: str, *, context: str = CONTEXT, namespace: str = "default") -> dict[str, Any]:
-    """One cluster, one (credential-less) user and one context named ``context``, made current."""
+@dataclass(frozen=True)
+class Identity:
+    """One more context (and user of the same name) that authenticates with a bearer token."""
+
+    context: str
+    token: str
+    namespace: str = "default"
+
+
+def kubeconfig(server: str, *, context: str = CONTEXT, namespace: str = "default",
+               token: str | None = None, others: Sequence[Identity] = (),
+               ca: bytes | None = None) -> dict[str, Any]:
+    """One cluster and a context named ``context`` (made current) whose user has ``token`` (none:
+    the sandbox's unrestricted admin); ``others`` add contexts for more identities. ``ca``: the
+    PEM certificate of an HTTPS server."""
+    current = Identity(context, token or "", namespace)
+    identities = [current, *others]
     return {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": context, "cluster": {"server": server}}],
-        "users": [{"name": context, "user": {}}],
-        "contexts": [{"name": context,
-                      "context": {"cluster": context, "user": context, "namespace": namespace}}],
+        "clusters": [{"name": CONTEXT, "cluster": {"server": server} | (
+            {"certificate-authority-data": base64.b64encode(ca).decode()} if ca else {})}],
+        "users": [{"name": i.context, "user": {"token": i.token} if i.token else {}}
+                  for i in identities],
+        "contexts": [{"name": i.context,
+                      "context": {"cluster": CONTEXT, "user": i.context, "namespace": i.namespace}}
+                     for i in identities],
         "current-context": context,
         "preferences": {},
     }
 
 
 def write_kubeconfig(path: Path | str, server: str, *, context: str = CONTEXT,
-                     namespace: str = "default") -> Path:
+                     namespace: str = "default", token: str | None = None,
+                     others: Sequence[Identity] = (), ca: bytes | None = None) -> Path:
     """Write the kubeconfig atomically with mode 0600 (as kubectl does); returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = yaml.safe_dump(kubeconfig(server, context=context, namespace=namespace), sort_keys=False)
+    text = yaml.safe_dump(kubeconfig(server, context=context, namespace=namespace, token=token,
+                                     others=others, ca=ca), sort_keys=False)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:

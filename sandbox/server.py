@@ -1,6 +1,8 @@
 """The emulated Kubernetes API over real HTTP (aiohttp), for kubectl and the official client.
 
-Plain HTTP on localhost, no auth. Routing is table-driven: a URL resolves to a
+Plain HTTP on localhost. Every request is classified and recorded (sandbox/rbac.py); with an
+RBAC :class:`~sandbox.rbac.Policy`, ServiceAccount tokens are authorized as the RBAC authorizer
+does, every other request stays unrestricted. Routing is table-driven: a URL resolves to a
 :class:`ApiPath` (group, version, kind, namespace, name, subresource) and the pair
 (method, scope) picks the handler. Discovery is generated from the cluster's kinds, both the
 aggregated (apidiscovery.k8s.io/v2) and the legacy form. kubectl's server-side printing
@@ -16,6 +18,7 @@ import asyncio
 import contextlib
 import copy
 import json
+import secrets
 import signal
 import tempfile
 import threading
@@ -41,9 +44,11 @@ from sandbox.cluster import (
     strategic_merge_patch,
 )
 from sandbox.controller import Controllers, Timing, install, running
-from sandbox.kubeconfig import write_kubeconfig
+from sandbox.kubeconfig import CONTEXT, Identity, write_kubeconfig
 from sandbox.metrics import SandboxMetrics
+from sandbox.rbac import ADMIN, Access, Audit, Policy, classify, forbidden
 from sandbox.seed import seed
+from sandbox.tls import self_signed
 
 PATCHES: dict[str, Callable[[Obj, Any], Obj]] = {
     "application/json-patch+json": json_patch,
@@ -415,9 +420,12 @@ Handler = Callable[[web.Request, ApiPath], Awaitable[web.StreamResponse]]
 class KubernetesApi:
     """The request handlers over one :class:`Cluster`."""
 
-    def __init__(self, cluster: Cluster, host_port: Callable[[], str]):
+    def __init__(self, cluster: Cluster, host_port: Callable[[], str], *,
+                 policy: Policy | None = None, audit: Audit | None = None):
         self.cluster = cluster
         self._host_port = host_port
+        self.policy = policy
+        self.audit = audit or Audit()
         self.closing = asyncio.Event()
         self.metrics = SandboxMetrics.of(cluster)
         self._handlers: dict[tuple[str, str], Handler] = {
@@ -444,7 +452,7 @@ class KubernetesApi:
         }
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=8 * 1024 * 1024)
+        app = web.Application(client_max_size=8 * 1024 * 1024, middlewares=[self._authorize])
         app.router.add_get("/version", self.version)
         app.router.add_get("/version/", self.version)  # what the python client asks for
         for probe in ("/healthz", "/livez", "/readyz"):
@@ -458,6 +466,21 @@ class KubernetesApi:
 
     async def _on_shutdown(self, _app: web.Application) -> None:
         self.closing.set()
+
+    @web.middleware
+    async def _authorize(self, request: web.Request,
+                         handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                         ) -> web.StreamResponse:
+        """Classify and record every request; refuse what the policy does not grant (403)."""
+        user = self.policy.authenticate(request.headers.get("Authorization")) if self.policy else None
+        attributes = classify(request.method, request.path, request.query_string, user or ADMIN)
+        allowed, reason = (True, "")
+        if user is not None and self.policy is not None:
+            allowed, reason = self.policy.authorize(attributes)
+        self.audit.record(attributes, allowed)
+        if not allowed:
+            return _error(forbidden(attributes, reason))
+        return await handler(request)
 
     # ----------------------------------------------------------------- discovery
 
@@ -877,10 +900,20 @@ class SandboxServer:
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, cluster: Cluster | None = None,
-                 *, tick_interval: float | None = 0.25, timing: Timing | None = None):
+                 *, tick_interval: float | None = 0.25, timing: Timing | None = None,
+                 rbac: Policy | None = None, tls: bool | None = None):
         """Without ``cluster``: the seeded world with the controllers at ``timing`` (default:
         the speed ``OPSBOT_SANDBOX_SPEED`` says). A ``cluster`` given is served as it is, with
-        the controllers only when ``timing`` is given too."""
+        the controllers only when ``timing`` is given too. ``rbac``: ServiceAccount tokens are
+        authorized by it (see :meth:`write_kubeconfig`); everything else stays unrestricted.
+        ``tls`` (default: when ``rbac`` is given): HTTPS with a self-signed certificate, as
+        kubectl sends tokens only over TLS (sandbox/tls.py)."""
+        self.rbac = rbac
+        self.certificate = self_signed(host) if (rbac is not None if tls is None else tls) else None
+        # Over HTTPS kubectl asks for a password when the user has no credentials: the admin gets
+        # a token too, one the policy does not know (so it stays unrestricted).
+        self.admin_token = secrets.token_urlsafe(24) if self.certificate else None
+        self.audit = Audit()
         self.host = host
         self.port = port
         self.cluster = cluster if cluster is not None else seed(Cluster())
@@ -896,7 +929,8 @@ class SandboxServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        scheme = "https" if self.certificate else "http"
+        return f"{scheme}://{self.host}:{self.port}"
 
     def start(self) -> SandboxServer:
         """Start serving; returns once the port listens (raises if it cannot)."""
@@ -923,8 +957,34 @@ class SandboxServer:
         thread.join()
         self._thread = None
 
-    def write_kubeconfig(self, path: Path | str) -> Path:
-        return write_kubeconfig(path, self.url)
+    def write_kubeconfig(self, path: Path | str, *, user: str | None = None) -> Path:
+        """A kubeconfig with the context ``sandbox``. Without ``user``: the unrestricted admin,
+        plus a context per ServiceAccount of the RBAC policy (:func:`sa_context`). With ``user``
+        (``system:serviceaccount:NS:NAME``): only that identity, still as context ``sandbox``, so
+        a config written for the sandbox runs as the ServiceAccount unchanged."""
+        if user is not None:
+            if self.rbac is None:
+                raise ValueError("the sandbox has no RBAC policy: every identity is the admin")
+            namespace = user.split(":")[2] if user.startswith("system:serviceaccount:") else "default"
+            return write_kubeconfig(path, self.url, token=self.rbac.token_for(user),
+                                    namespace=namespace, ca=self._ca())
+        others = [Identity(sa_context(who), token, who.split(":")[2])
+                  for token, who in (self.rbac.tokens.items() if self.rbac else ())
+                  if who.startswith("system:serviceaccount:")]
+        return write_kubeconfig(path, self.url, token=self.admin_token, others=others,
+                                ca=self._ca())
+
+    def _ca(self) -> bytes | None:
+        return self.certificate.cert_pem if self.certificate else None
+
+    def requests_seen(self, user: str | None = None, *, allowed: bool | None = None) -> set[Access]:
+        """The distinct (verb, group, resource[/subresource], namespace) served, by ``user``
+        (None: anyone; the admin is ``kubernetes-admin``); ``allowed`` filters on RBAC's answer."""
+        return self.audit.seen(user, allowed=allowed)
+
+    def reset_requests(self) -> None:
+        """Forget what :meth:`requests_seen` reports (e.g. after a test's setup)."""
+        self.audit.reset()
 
     def __enter__(self) -> SandboxServer:
         return self.start()
@@ -948,11 +1008,13 @@ class SandboxServer:
     async def _serve(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        api = KubernetesApi(self.cluster, lambda: f"{self.host}:{self.port}")
+        api = KubernetesApi(self.cluster, lambda: f"{self.host}:{self.port}", policy=self.rbac,
+                            audit=self.audit)
         runner = web.AppRunner(api.app(), access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
+            site = web.TCPSite(runner, self.host, self.port, reuse_address=True,
+                               ssl_context=self.certificate.context if self.certificate else None)
             await site.start()
             self.port = runner.addresses[0][1]
             self._ready.set()
@@ -971,21 +1033,44 @@ class SandboxServer:
             self.cluster.tick()
 
 
-def serve_forever(host: str, port: int, kubeconfig: Path | None) -> None:
+def sa_context(user: str) -> str:
+    """The kubeconfig context of a ServiceAccount: ``sa-NAMESPACE-NAME``."""
+    _, _, namespace, name = user.split(":", 3)
+    return f"sa-{namespace}-{name}"
+
+
+def serve_forever(host: str, port: int, kubeconfig: Path | None, *,
+                  rbac: list[Path] | None = None, sa_kubeconfig: Path | None = None) -> None:
     """Run the sandbox API until SIGINT/SIGTERM (the ``opsbot sandbox`` command).
 
     Writes a kubeconfig to ``kubeconfig`` (kept afterwards) or to a temporary file (removed).
+    With ``rbac`` manifests, their ServiceAccounts get tokens that the RBAC in them restricts: a
+    context ``sa-NS-NAME`` each in ``kubeconfig``, and ``sa_kubeconfig`` for opsbot/opsbot (else
+    the first) alone, as context ``sandbox``, so configs written for the sandbox run with its
+    rights.
     """
+    policy = Policy.load(*rbac) if rbac else None
+    accounts = sorted(set(policy.tokens.values())) if policy else []
+    if sa_kubeconfig and not accounts:
+        raise SystemExit("opsbot sandbox: --sa-kubeconfig needs --rbac manifests with a ServiceAccount")
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set())
                 for sig in (signal.SIGINT, signal.SIGTERM)}
     with tempfile.TemporaryDirectory(prefix="opsbot-sandbox-") as tmp:
         path = kubeconfig or Path(tmp) / "kubeconfig"
         try:
-            with SandboxServer(host, port) as server:
+            with SandboxServer(host, port, rbac=policy) as server:
                 server.write_kubeconfig(path)
                 print(f"sandbox Kubernetes API at {server.url}", flush=True)
                 print(f"kubeconfig: {path}  (kubectl --kubeconfig {path} get deploy -A)", flush=True)
+                for user in accounts:
+                    print(f"  context {sa_context(user)}: {user}, restricted by RBAC "
+                          f"(kubectl --kubeconfig {path} --context {sa_context(user)} …)", flush=True)
+                if sa_kubeconfig:
+                    first = next((u for u in accounts if u.endswith(":opsbot:opsbot")), accounts[0])
+                    server.write_kubeconfig(sa_kubeconfig, user=first)
+                    print(f"kubeconfig of {first} alone: {sa_kubeconfig} (context {CONTEXT})",
+                          flush=True)
                 while not stop.wait(0.5):
                     pass
                 print("sandbox stopped", flush=True)
