@@ -19,7 +19,7 @@ import os
 import shutil
 import socket
 import subprocess
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -257,8 +257,59 @@ def make_settings(tmp_path: Path, **alerts: Any) -> Settings:
     )
 
 
+# The modules whose tests store incidents run on both backends (``alerts_backend``).
+DB_MODULES = {"test_alertmanager", "test_intake", "test_lifecycle", "test_outbox",
+              "test_service", "test_watchdog"}
+
+
+class Backend:
+    """Where :func:`make_db` puts a test's database: a SQLite file in the directory, or PostgreSQL.
+
+    One database per directory, so making it twice for one directory reopens the same data (a
+    restarted bot), on PostgreSQL as on SQLite.
+    """
+
+    def __init__(self, name: str, request: pytest.FixtureRequest | None = None) -> None:
+        self.name = name
+        self._request = request
+        self._urls: dict[Path, str] = {}
+
+    def url(self, directory: Path) -> str:
+        if self.name == "sqlite":
+            return f"sqlite:///{directory / 'opsbot.db'}"
+        if directory not in self._urls:
+            assert self._request is not None
+            if not self._urls:
+                self._urls[directory] = self._request.getfixturevalue("postgres_url")
+            else:
+                server = self._request.getfixturevalue("postgres_server")
+                name = server.create_database()
+                self._request.addfinalizer(lambda: server.drop_database(name))
+                self._urls[directory] = server.url(name)
+        return self._urls[directory]
+
+
+_backend = Backend("sqlite")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.module.__name__.rsplit(".", 1)[-1] in DB_MODULES:
+        metafunc.parametrize("alerts_backend", ["sqlite", "postgresql"], indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def alerts_backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    """The backend of :func:`make_db`: both in :data:`DB_MODULES`, SQLite elsewhere."""
+    global _backend
+    _backend = Backend(getattr(request, "param", "sqlite"), request)
+    try:
+        yield _backend
+    finally:
+        _backend = Backend("sqlite")
+
+
 def make_db(tmp_path: Path) -> Database:
-    db = Database(f"sqlite:///{tmp_path / 'opsbot.db'}")
+    db = Database(_backend.url(tmp_path))
     db.create_all()
     return db
 

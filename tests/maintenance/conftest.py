@@ -179,10 +179,10 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-async def world(tmp_path: Path, clock: FakeClock) -> AsyncIterator[World]:
+async def world(tmp_path: Path, clock: FakeClock, db_url: str) -> AsyncIterator[World]:
     from commands import freeze, maintenance, tlscheck  # noqa: F401 - their tables
 
-    db = Database(f"sqlite:///{tmp_path / 'opsbot.db'}")
+    db = Database(db_url)  # SQLite and PostgreSQL (db_url is parametrized)
     db.create_all()
     w = World(tmp_path, clock, db, FakeSilencer(clock), FakePlatform(), settings_for(tmp_path))
     yield w

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
@@ -30,12 +29,8 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def db_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'data' / 'opsbot.db'}"
-
-
-@pytest.fixture
 def db(db_url: str) -> Iterator[Database]:
+    """A fresh database on each backend (db_url, tests/conftest_postgres.py: SQLite, PostgreSQL)."""
     # Import the table modules so create_all makes their tables.
     from alerts import escalation, oncall  # noqa: F401
 
