@@ -124,7 +124,7 @@ def test_kubectl_gets_leases(fresh_sandbox: SandboxServer, tmp_path: Path,
 
     def kubectl(*args: str) -> str:
         proc = subprocess.run([kubectl_binary, "--kubeconfig", str(kubeconfig), *args],
-                              capture_output=True, text=True, timeout=30)
+                              capture_output=True, text=True, timeout=30, check=False)
         assert proc.returncode == 0, proc.stderr
         return proc.stdout
 
