@@ -35,12 +35,12 @@ def kubeconfig(server: str, *, context: str = CONTEXT, namespace: str = "default
     return {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": CONTEXT, "cluster": {"server": server} | (
+        "clusters": [{"name": context, "cluster": {"server": server} | (
             {"certificate-authority-data": base64.b64encode(ca).decode()} if ca else {})}],
         "users": [{"name": i.context, "user": {"token": i.token} if i.token else {}}
                   for i in identities],
         "contexts": [{"name": i.context,
-                      "context": {"cluster": CONTEXT, "user": i.context, "namespace": i.namespace}}
+                      "context": {"cluster": context, "user": i.context, "namespace": i.namespace}}
                      for i in identities],
         "current-context": context,
         "preferences": {},
