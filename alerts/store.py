@@ -17,8 +17,9 @@ Tables (all on :class:`commands.db.Base`):
 - ``alert_notices``: one-off posts (the watchdog's "alert pipeline is silent").
 
 Every method here blocks; :class:`alerts.service.AlertService` calls them through
-``Database.run``. Writes are serialised by a lock (one process owns the alerts tables), so
-read-modify-write transactions never race each other on SQLite.
+``Database.run``. Writes are serialised, so read-modify-write transactions never interleave: by a
+lock in the process, and by the database (:meth:`Database.exclusive`, a PostgreSQL advisory lock)
+across the bot replicas that share it.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import contextlib
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -62,7 +64,7 @@ from alerts.models import (
 from alerts.routing import Router
 from alerts.stats import IncidentRecord
 from commands.catalog import UserError
-from commands.db import Base, Database, UTCDateTime, utcnow
+from commands.db import Base, Database, MutexRow, UTCDateTime, utcnow
 from commands.timeutil import short
 
 log = logging.getLogger(__name__)
@@ -295,10 +297,23 @@ class AlertStore:
         self._write = threading.RLock()
         self._ranks = {s: i for i, s in enumerate(self.options.severities)}
 
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[Session]:
+        """A write transaction, serialised with every other writer of the alerts tables.
+
+        The thread lock keeps this process's writers from queueing on the database lock (and
+        SQLite's writers from failing to upgrade a stale read); the database lock covers the other
+        replicas: on PostgreSQL two of them would otherwise both open an incident for one group or
+        lose an update to its version.
+        """
+        with self._write, self._db.session() as session:
+            self._db.exclusive(session, "alerts")
+            yield session
+
     # ------------------------------------------------------------------------ schema
 
     def create_tables(self) -> None:
-        Base.metadata.create_all(self._db.engine, tables=TABLES)
+        Base.metadata.create_all(self._db.engine, tables=[*TABLES, MutexRow.__table__])  # type: ignore[list-item]
 
     def rank(self, severity: str | None) -> int:
         if severity is None:
@@ -321,7 +336,7 @@ class AlertStore:
         by_fp: dict[str, WebhookAlert] = {}
         for a in alerts:
             by_fp[a.key] = a
-        with self._write, self._db.session() as session:
+        with self._writing() as session:
             keys = {fp: receipt_key(ghash, a) for fp, a in by_fp.items()}
             seen = self._existing_receipts(session, list(keys.values()))
             fresh = [a for fp, a in by_fp.items() if keys[fp] not in seen]
@@ -601,7 +616,7 @@ class AlertStore:
         return row
 
     def ack(self, incident_id: int, user_id: int | None, user_name: str) -> tuple[IncidentView, set[str]]:
-        with self._write, self._db.session() as session:
+        with self._writing() as session:
             row = self._get(session, incident_id)
             if not row.is_open:
                 raise UserError(f"incident #{incident_id} is resolved already")
@@ -615,7 +630,7 @@ class AlertStore:
             return self._view(session, row), channels
 
     def unack(self, incident_id: int, user_id: int | None, user_name: str) -> tuple[IncidentView, set[str]]:
-        with self._write, self._db.session() as session:
+        with self._writing() as session:
             row = self._get(session, incident_id)
             if row.acked_by is None:
                 raise UserError(f"incident #{incident_id} is not acknowledged")
@@ -640,7 +655,7 @@ class AlertStore:
             raise UserError("a note needs some text, e.g. `!note 12 restarted the chat pods`")
         if len(text_) > MAX_NOTE:
             raise UserError(f"a note can be at most {MAX_NOTE} characters")
-        with self._write, self._db.session() as session:
+        with self._writing() as session:
             row = self._get(session, incident_id)
             self._event(session, row, self._clock(), "note", f"note by {user_name}: {text_}")
             session.flush()
@@ -655,7 +670,7 @@ class AlertStore:
         later sends their resolution; if Alertmanager still fires them, its repeats are duplicates
         of what was seen, and an alert that fires anew in the group opens a new incident.
         """
-        with self._write, self._db.session() as session:
+        with self._writing() as session:
             row = self._get(session, incident_id)
             if not row.is_open:
                 raise UserError(f"incident #{incident_id} is resolved already")
@@ -685,7 +700,7 @@ class AlertStore:
     def record_silence(
         self, incident_id: int, silence_id: str, user_name: str, until: datetime
     ) -> tuple[IncidentView, set[str]]:
-        with self._write, self._db.session() as session:
+        with self._writing() as session:
             row = self._get(session, incident_id)
             now = self._clock()
             row.silence_id, row.silenced_by, row.silenced_until = silence_id[:64], user_name[:100], until
@@ -696,7 +711,7 @@ class AlertStore:
 
     def clear_silence(self, silence_id: str, reason: str) -> set[str]:
         """The silence ended (expired or expired by someone): incidents showing it stop doing so."""
-        with self._write, self._db.session() as session:
+        with self._writing() as session:
             now = self._clock()
             channels: set[str] = set()
             for row in session.scalars(select(IncidentRow).where(IncidentRow.silence_id == silence_id)):
@@ -980,14 +995,14 @@ class AlertStore:
 
     def create_started(self, delivery_id: int) -> None:
         """Mark a create as in flight before calling the notifier (seen after a crash)."""
-        with self._write, self._db.session() as session:
+        with self._writing() as session:
             d = session.get(DeliveryRow, delivery_id)
             if d is not None and d.create_started_at is None:
                 d.create_started_at = self._clock()
 
     def message_sent(self, delivery_id: int, version: int, message_id: str | None) -> None:
         """Record a successful create (``message_id``) or edit of ``version``, immediately."""
-        with self._write, self._db.session() as session:
+        with self._writing() as session:
             d = session.get(DeliveryRow, delivery_id)
             if d is None:
                 return
@@ -1007,7 +1022,7 @@ class AlertStore:
         ``definite``: chat said no (a SendError), so a create did not happen; otherwise (any other
         exception) it may have, and the in-flight mark stays for the log after a restart.
         """
-        with self._write, self._db.session() as session:
+        with self._writing() as session:
             d = session.get(DeliveryRow, delivery_id)
             if d is None:
                 return 0
@@ -1027,7 +1042,7 @@ class AlertStore:
 
     def message_gone(self, delivery_id: int) -> None:
         """The message was deleted in chat: the next send creates a new one."""
-        with self._write, self._db.session() as session:
+        with self._writing() as session:
             d = session.get(DeliveryRow, delivery_id)
             if d is not None:
                 d.message_id, d.thread_id, d.create_started_at = None, None, None
@@ -1036,7 +1051,7 @@ class AlertStore:
 
     def timeline_posted(self, delivery_id: int, entry_ids: Iterable[int], thread_id: str | None) -> None:
         ids = list(entry_ids)
-        with self._write, self._db.session() as session:
+        with self._writing() as session:
             for i in range(0, len(ids), _CHUNK):
                 for r in session.scalars(select(TimelineRow).where(TimelineRow.id.in_(ids[i : i + _CHUNK]))):
                     r.posted = True
@@ -1047,24 +1062,24 @@ class AlertStore:
                 d.attempts, d.next_attempt_at = 0, None
 
     def timeline_failed(self, delivery_id: int, delay: float) -> None:
-        with self._write, self._db.session() as session:
+        with self._writing() as session:
             d = session.get(DeliveryRow, delivery_id)
             if d is not None:
                 d.attempts += 1
                 d.next_attempt_at = self._clock() + timedelta(seconds=delay)
 
     def add_notice(self, channel: str, text_: str) -> None:
-        with self._write, self._db.session() as session:
+        with self._writing() as session:
             session.add(NoticeRow(channel=channel, text=text_[:2000], created_at=self._clock(), sent=False))
 
     def notice_done(self, notice_id: int) -> None:
-        with self._write, self._db.session() as session:
+        with self._writing() as session:
             n = session.get(NoticeRow, notice_id)
             if n is not None:
                 n.sent = True
 
     def notice_failed(self, notice_id: int, delay: float | None) -> None:
-        with self._write, self._db.session() as session:
+        with self._writing() as session:
             n = session.get(NoticeRow, notice_id)
             if n is None:
                 return
@@ -1090,7 +1105,7 @@ class AlertStore:
         ``fetched_at`` (the snapshot is older than that news). Live alerts are refreshed, and live
         ones the incident does not know join it. Returns the channels to wake.
         """
-        with self._write, self._db.session() as session:
+        with self._writing() as session:
             row = session.get(IncidentRow, incident_id)
             if row is None or not row.is_open:
                 return set()
@@ -1142,7 +1157,7 @@ class AlertStore:
     # ------------------------------------------------------------------------ housekeeping
 
     def prune_receipts(self, older_than: timedelta) -> int:
-        with self._write, self._db.session() as session:
+        with self._writing() as session:
             cutoff = self._clock() - older_than
             result = session.execute(delete(ReceiptRow).where(ReceiptRow.received_at < cutoff))
             return int(getattr(result, "rowcount", 0) or 0)

@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar, TypeVarTuple
 
-from sqlalchemy import DateTime, Engine, MetaData, create_engine, event, make_url
+from sqlalchemy import DateTime, Engine, MetaData, String, create_engine, delete, event, false, make_url, text
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.types import TypeDecorator
 
@@ -69,13 +70,46 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+class MutexRow(Base):
+    """Never holds a row: on SQLite, :meth:`Database.exclusive` writes "nothing" here to take the
+    database's write lock (PostgreSQL uses advisory locks and never touches it)."""
+
+    __tablename__ = "db_mutexes"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+
+def mutex_key(name: str) -> int:
+    """The 64-bit PostgreSQL advisory lock key of a mutex name (stable across processes)."""
+    return int.from_bytes(hashlib.sha256(f"opsbot:{name}".encode()).digest()[:8], "big", signed=True)
+
+
+def _no_nul(value: Any) -> Any:
+    if isinstance(value, str) and "\x00" in value:
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {k: _no_nul(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_no_nul(v) for v in value)
+    return value
+
+
+def _no_nul_bytes(
+    _conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, _executemany: bool
+) -> tuple[str, Any]:
+    """PostgreSQL text cannot hold NUL; SQLite's can. Outside text (alert labels, Discord input)
+    may carry one, so on PostgreSQL it is stored as U+FFFD instead of failing the whole write."""
+    return statement, _no_nul(parameters)
+
+
 class Database:
     """An engine plus a session factory for one database URL.
 
     SQLite files get their parent directory created, WAL journaling and a busy timeout, so
     concurrent writers from worker threads wait for each other instead of failing.
     An in-memory SQLite database is a single shared connection, serialised by a lock.
-    Any other URL (``postgresql+psycopg://…``) is passed to SQLAlchemy unchanged.
+    Any other URL (``postgresql+psycopg://…``) is passed to SQLAlchemy unchanged; on PostgreSQL a
+    NUL character in a string parameter is stored as U+FFFD (its text type cannot hold NUL).
     """
 
     def __init__(self, url: str, *, busy_timeout_ms: int = 5000) -> None:
@@ -85,6 +119,8 @@ class Database:
             self.engine = self._sqlite_engine(busy_timeout_ms)
         else:
             self.engine = create_engine(self.url, pool_pre_ping=True)
+            if self.url.get_backend_name() == "postgresql":
+                event.listen(self.engine, "before_cursor_execute", _no_nul_bytes, retval=True)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def _sqlite_engine(self, busy_timeout_ms: int) -> Engine:
@@ -123,6 +159,21 @@ class Database:
         """A session in a transaction: committed on success, rolled back on an exception."""
         with self._lock or contextlib.nullcontext(), self._sessions.begin() as session:
             yield session
+
+    def exclusive(self, session: Session, name: str) -> None:
+        """Serialise the rest of ``session``'s transaction with every other one that takes ``name``.
+
+        In any process sharing the database, until commit or rollback: the tool for a
+        read-check-write that two bot replicas must not interleave. Call it first in the
+        transaction. PostgreSQL: ``pg_advisory_xact_lock``. SQLite has one writer at a time, so
+        this takes the write lock (a no-op write, before anything is read, so the transaction never
+        needs to upgrade a stale read snapshot); the name does not matter there.
+        """
+        backend = self.engine.dialect.name
+        if backend == "postgresql":
+            session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": mutex_key(name)})
+        elif backend == "sqlite":
+            session.execute(delete(MutexRow).where(false()))
 
     async def run(self, fn: Callable[[*Ts], T], *args: *Ts) -> T:
         """Run blocking ``fn(*args)`` in a worker thread and return its result."""

@@ -172,6 +172,8 @@ class FreezeService:
     def _active(self, env: str | None, now: datetime, scheduled: list[tuple[str, str, str, datetime, datetime]]
                 ) -> list[FreezeInfo]:
         with self.db.session() as session:
+            if scheduled:  # check-then-insert: replicas sharing the database must not both insert
+                self.db.exclusive(session, "freezes")
             for name, e, reason, start, end in scheduled:
                 source = f"schedule:{name}"
                 exists = session.scalar(select(FreezeRow.id).where(
@@ -228,7 +230,7 @@ class FreezeService:
             with self.db.session() as session:
                 out = []
                 for info in active:
-                    row = session.get(FreezeRow, info.id)
+                    row = session.get(FreezeRow, info.id, with_for_update=True)
                     if row is not None and row.ended_at is None:
                         row.ended_at, row.ended_by = now, user_name
                         out.append(FreezeInfo.of(row))

@@ -5,7 +5,9 @@
 ``maint:<id>:start`` and ``maint:<id>:end``. Both survive restarts (the scheduler's job store is in
 the same database) and both are idempotent: a job first *claims* its step by moving the window's
 state in one transaction (``scheduled → starting → active → ending → done``), so a window runs
-once however often a job is found, e.g. by a restarted bot.
+once however often a job is found, e.g. by a restarted bot. Every other change to a window locks its
+row first (``SELECT … FOR UPDATE`` on PostgreSQL), so replicas sharing the database never undo each
+other's writes (a cancel racing the start, steps appended at once).
 
 At the start: an Alertmanager silence for the window's services and env (until the end), an
 announcement in ``maintenance.announce_channels``, then the actions in order (``restart``: rollout
@@ -338,7 +340,7 @@ class MaintenanceService:
         async with self._lock(window):
             def claim() -> WindowView:
                 with self.db.session() as session:
-                    row = session.get(WindowRow, window)
+                    row = session.get(WindowRow, window, with_for_update=True)
                     if row is None:
                         raise UserError(f"no maintenance window #{window}")
                     if row.state != "scheduled":
@@ -377,7 +379,7 @@ class MaintenanceService:
 
             def save() -> WindowView:
                 with self.db.session() as session:
-                    row = session.get(WindowRow, window)
+                    row = session.get(WindowRow, window, with_for_update=True)
                     assert row is not None
                     row.ends_at, row.silence_id = end, silence_id
                     row.steps = json.dumps([*json.loads(row.steps or "[]"), *(s.model_dump() for s in steps)])
@@ -445,7 +447,7 @@ class MaintenanceService:
 
         def save() -> WindowView:
             with self.db.session() as session:
-                row = session.get(WindowRow, view.id)
+                row = session.get(WindowRow, view.id, with_for_update=True)
                 assert row is not None
                 row.state = "active"
                 row.started_at = row.started_at or self.now()
@@ -473,7 +475,7 @@ class MaintenanceService:
     async def _save_step(self, window: int, step: Step, **values: Any) -> None:
         def save() -> None:
             with self.db.session() as session:
-                row = session.get(WindowRow, window)
+                row = session.get(WindowRow, window, with_for_update=True)
                 assert row is not None
                 row.steps = json.dumps([*json.loads(row.steps or "[]"), step.model_dump()])
                 for key, value in values.items():
@@ -727,7 +729,7 @@ class MaintenanceService:
 
             def ended() -> WindowView:
                 with self.db.session() as session:
-                    row = session.get(WindowRow, window)
+                    row = session.get(WindowRow, window, with_for_update=True)
                     assert row is not None
                     row.ended_at = now
                     return WindowView.of(row)
