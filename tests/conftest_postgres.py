@@ -123,7 +123,7 @@ class PgServer:
         self.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     def stop(self) -> None:
-        """Fast shutdown (SIGINT: roll back and disconnect every session), then remove the directory."""
+        """Fast shutdown (SIGINT: roll back and disconnect every session), then remove the cluster."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)
             try:
@@ -131,8 +131,8 @@ class PgServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        if self.owned_directory:
-            shutil.rmtree(self.directory, ignore_errors=True)
+        # The cluster goes; a directory the caller gave keeps the log.
+        shutil.rmtree(self.directory if self.owned_directory else self.directory / "data", ignore_errors=True)
 
 
 def _as_postgres_user() -> dict[str, Any]:

@@ -107,3 +107,38 @@ def test_utc_datetimes_round_trip_on_every_backend(db_url):
         assert later == 1
     finally:
         db.dispose()
+
+
+def test_nul_characters_do_not_fail_a_write(db_url):
+    """PostgreSQL text cannot hold NUL (alert labels and chat input may carry one): U+FFFD there."""
+    db = Database(db_url)
+    db.create_all()
+    try:
+        with db.session() as s:
+            s.add(_entry(user_name="a\x00b", args='{"k": "v\\u0000"}'))
+        with db.session() as s:
+            name, args = s.execute(select(AuditEntry.user_name, AuditEntry.args)).one()
+        assert name == ("a\x00b" if db.url.get_backend_name() == "sqlite" else "a\ufffdb")
+        assert args == '{"k": "v\\u0000"}'  # JSON escapes are text, kept as they are
+    finally:
+        db.dispose()
+
+
+def test_a_postgres_server_outside_fixtures(tmp_path):
+    """start_postgres: what tests running bot processes against one PostgreSQL use."""
+    from tests.conftest_postgres import start_postgres
+
+    server = start_postgres(tmp_path / "pg")
+    try:
+        db = Database(server.url(server.create_database("outside")))
+        db.create_all()
+        with db.session() as s:
+            s.add(_entry())
+        with db.session() as s:
+            assert s.scalar(select(func.count()).select_from(AuditEntry)) == 1
+            assert s.execute(text("SHOW fsync")).scalar() == "off"
+        db.dispose()
+    finally:
+        server.stop()
+    assert server.process.poll() is not None
+    assert not (server.directory / "data").exists()
