@@ -33,6 +33,8 @@ from commands.audit import AuditLog
 from commands.catalog import Catalog
 from commands.db import Database, utcnow
 from commands.deploy import Deployer
+from commands.handover import Journal
+from commands.leader import default_identity
 from commands.locks import LockManager
 from commands.metrics import MetricsService
 from commands.permissions import Policy
@@ -66,6 +68,8 @@ class App:
     is_leader: bool = False  # runs the leader's duties (App.leading)
     draining: bool = False  # shutting down: new commands are refused politely
     leader_name: str | None = None  # with ha.enabled: who leads, as this replica last saw it
+    identity: str = field(default_factory=default_identity)  # this replica (the Lease holder name)
+    journal: Journal = field(init=False)  # running deploys, for whoever leads next
     notifier: DiscordNotifier = field(init=False)
     alerts: AlertService = field(init=False)
     scheduler: Scheduler = field(init=False)
@@ -79,6 +83,8 @@ class App:
         self.catalog = Catalog(self.settings)
         self.deployer = Deployer(self.catalog, self.platforms, self.audit,
                                  poll_interval=self.settings.rollout_poll_seconds)
+        self.journal = Journal(self.db)
+        self.identity = self.settings.ha.identity or self.identity
 
     def replace_permissions(self, permissions: PermissionsConfig) -> None:
         """Swap the role policy (the demo world maps role labels onto its own guild's IDs)."""
@@ -181,10 +187,12 @@ class App:
             await self.oncall.schedule_handoffs()
             await self._open_maintenance()
             self.is_leader = True
+            self.metrics.leader.set(1)
             try:
                 yield
             finally:
                 self.is_leader = False
+                self.metrics.leader.set(0)
 
     def _make_maintenance(self) -> None:
         """Maintenance windows, recurring chores and scheduled freezes on the shared scheduler (their

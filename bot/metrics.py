@@ -53,6 +53,12 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.leader = Gauge(
+            "opsbot_leader",
+            "1 while this replica leads (holds the Discord session, runs the scheduler and the alert senders).",
+            registry=self.registry,
+        )
+
     def observe_command(self, command: str, result: CommandResult, seconds: float) -> None:
         """Count one handled command; its duration counts only if it ran (ok or error)."""
         if result not in COMMAND_RESULTS:

@@ -251,6 +251,17 @@ def result_embed(result: Any, actor_name: str) -> discord.Embed:
     return e
 
 
+def handover_embed(plan: Any, actor_name: str) -> discord.Embed:
+    """A rollout still running when this replica stopped: the next leader finishes it."""
+    embed = discord.Embed(title=f"{plan.service} → {plan.env}: {plan.from_version} → {plan.to_version}",
+                          description="⏸️ The bot is restarting while this runs. The rollout goes on in the "
+                                      "cluster, and the lock stays; the next replica watches it to the end "
+                                      "and reports here.",
+                          colour=discord.Colour.light_grey())
+    embed.set_footer(text=f"by {actor_name}")
+    return embed
+
+
 def result_line(result: Any, actor_name: str, channel: str | None) -> str:
     """One line for the deploys channel."""
     plan = result.plan

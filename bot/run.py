@@ -27,7 +27,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from bot.app import App, OpsBot, create_bot
-from commands.leader import LeaderElector, default_identity
+from commands.leader import LeaderElector
 from config.check import check
 from config.settings import Settings
 
@@ -77,7 +77,7 @@ async def run_bot(config: Path | None, *, token_file: Path | None = None, sync: 
 
         if not ha.enabled:
             return await _lead(app, bot, settings, stopping, None)
-        elector = _elector(settings)
+        elector = _elector(settings, app.identity)
         app.leader_name = None
         log.warning("%s: standby; serving webhooks and campaigning for lease %s/%s", elector.identity,
                     ha.lease_namespace, ha.lease_name)
@@ -90,8 +90,18 @@ async def run_bot(config: Path | None, *, token_file: Path | None = None, sync: 
                 log.warning("%s: stopped while standby", elector.identity)
                 return 0
             app.leader_name = elector.identity
-            async with app.leading():
-                code = await _lead(app, bot, settings, stopping, elector)
+            # Renewed until the duties have stopped, drain included: a standby may take over only
+            # once this replica has stopped acting; then the lease is released at once.
+            keep_lease = asyncio.Event()
+            holder = asyncio.create_task(elector.hold(keep_lease), name="lease-renewal")
+            try:
+                async with app.leading():
+                    code = await _lead(app, bot, settings, stopping, holder)
+            finally:
+                keep_lease.set()
+                lost = not await holder
+            if lost:
+                code = EXIT_LOST_LEASE
             if code != EXIT_LOST_LEASE:
                 await elector.release()  # after the duties stopped: the next leader never overlaps
             return code
@@ -99,47 +109,52 @@ async def run_bot(config: Path | None, *, token_file: Path | None = None, sync: 
             await elector.lock.close()  # type: ignore[attr-defined]
 
 
-def _elector(settings: Settings) -> LeaderElector:
+def _elector(settings: Settings, identity: str) -> LeaderElector:
     from commands.targets.lease import KubernetesLease
 
     ha = settings.ha
     lock = KubernetesLease(settings.kubeconfig, ha.lease_namespace, ha.lease_name, context=ha.context,
                            request_timeout=max(1.0, min(5.0, ha.renew_deadline_seconds / 2)))
-    return LeaderElector(lock, ha.identity or default_identity(), lease_duration=ha.lease_duration_seconds,
+    return LeaderElector(lock, identity, lease_duration=ha.lease_duration_seconds,
                          renew_deadline=ha.renew_deadline_seconds, retry_period=ha.retry_period_seconds)
 
 
 async def _lead(app: App, bot: OpsBot, settings: Settings, stopping: asyncio.Event,
-                elector: LeaderElector | None) -> int:
+                holder: asyncio.Task[bool] | None) -> int:
     """Hold the Discord session (and the lease) until told to stop, or until either is lost."""
     assert settings.discord_token is not None
     async with bot:
         runner = asyncio.create_task(bot.start(settings.discord_token.get_secret_value()), name="discord")
         stopper = asyncio.create_task(stopping.wait(), name="stop-signal")
-        waits: set[asyncio.Task[Any]] = {runner, stopper}
-        holder = None
-        if elector is not None:
-            holder = asyncio.create_task(elector.hold(stopping), name="lease-renewal")
-            waits.add(holder)
         try:
-            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            if holder is not None and holder in done and not holder.result():
-                # Someone else may lead already: stop at once, leave running work to them.
-                log.error("lost the lease: stopping at once (exit %d) so that only the new leader acts",
-                          EXIT_LOST_LEASE)
-                app.draining = True
-                await app.supervisor.stop(grace=0)
-                return EXIT_LOST_LEASE
+            done, _ = await asyncio.wait({t for t in (runner, stopper, holder) if t is not None},
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if holder is not None and holder in done:
+                return await _lost_lease(app)
             if runner in done:
                 runner.result()  # surface login errors
                 log.error("the Discord session ended")
                 return 1
-            return await _drain(app, settings)
+            drain = asyncio.create_task(_drain(app, settings))
+            done, _ = await asyncio.wait({t for t in (drain, holder) if t is not None},
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if drain not in done:  # lost the lease while draining: stop at once
+                drain.cancel()
+                return await _lost_lease(app)
+            return drain.result()
         finally:
-            for task in (runner, stopper, holder):
+            for task in (runner, stopper):
                 if task is not None and not task.done():
                     task.cancel()
             await bot.close()
+
+
+async def _lost_lease(app: App) -> int:
+    # Someone else may lead already: stop at once, leave running work to them.
+    log.error("lost the lease: stopping at once (exit %d) so that only the new leader acts", EXIT_LOST_LEASE)
+    app.draining = True
+    await app.supervisor.stop(grace=0)
+    return EXIT_LOST_LEASE
 
 
 async def _drain(app: App, settings: Settings) -> int:

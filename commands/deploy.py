@@ -69,6 +69,7 @@ class Result(BaseModel):
 
 
 ProgressCallback = Callable[[Phase, RolloutProgress, float], Awaitable[None]]
+AppliedCallback = Callable[[Phase, int], Awaitable[None]]
 
 
 def change_cause(plan: Plan, actor: Actor) -> str:
@@ -158,11 +159,13 @@ class Deployer:
     # ------------------------------------------------------------------ execution
 
     async def execute(self, plan: Plan, actor: Actor, on_progress: ProgressCallback,
-                      *, timeout: float | None = None, auto_rollback: bool | None = None) -> Result:
-        """Run the plan to its end. The caller holds the operation lock. Audits the outcome."""
-        env_cfg = self.catalog.settings.env(plan.env)
-        timeout = float(timeout if timeout is not None else env_cfg.timeout_seconds)
-        auto_rollback = env_cfg.auto_rollback if auto_rollback is None else auto_rollback
+                      *, timeout: float | None = None, auto_rollback: bool | None = None,
+                      on_applied: AppliedCallback | None = None) -> Result:
+        """Run the plan to its end. The caller holds the operation lock. Audits the outcome.
+
+        ``on_applied(phase, generation)`` is told when a change is in the cluster (the rollout, then
+        an automatic rollback), so that another replica can take the watch over (commands/handover.py).
+        """
         platform, target = self._platform(plan.service, plan.env)
         started = self.clock()
         try:
@@ -173,6 +176,29 @@ class Deployer:
             else:
                 _, generation = await platform.rollback(plan.service, plan.env, target, plan.revision,
                                                         change_cause(plan, actor))
+        except (PlatformError, UserError) as e:
+            result = Result(plan=plan, outcome="failed", seconds=self.clock() - started, reason=str(e))
+            await self._audit(result, actor)
+            return result
+        if on_applied is not None:
+            await on_applied("rollout", generation)
+        return await self.resume(plan, actor, "rollout", generation, on_progress, timeout=timeout,
+                                 auto_rollback=auto_rollback, on_applied=on_applied, started=started)
+
+    async def resume(self, plan: Plan, actor: Actor, phase: Phase, generation: int, on_progress: ProgressCallback,
+                     *, timeout: float | None = None, auto_rollback: bool | None = None,
+                     on_applied: AppliedCallback | None = None, started: float | None = None) -> Result:
+        """Watch an applied change to its end: the rollout (rolling a failure back) or the automatic
+        rollback of one. ``execute`` continues here; a new leader starts here (commands/handover.py)."""
+        env_cfg = self.catalog.settings.env(plan.env)
+        timeout = float(timeout if timeout is not None else env_cfg.timeout_seconds)
+        auto_rollback = env_cfg.auto_rollback if auto_rollback is None else auto_rollback
+        platform, target = self._platform(plan.service, plan.env)
+        started = self.clock() if started is None else started
+        if phase == "rollback":
+            return await self._watch_rollback(platform, target, plan, actor, generation, None, timeout,
+                                              on_progress, started, reason="the rollout failed")
+        try:
             progress = await self._watch(platform, plan, target, generation, "rollout", timeout, on_progress)
         except (PlatformError, UserError) as e:
             result = Result(plan=plan, outcome="failed", seconds=self.clock() - started, reason=str(e))
@@ -190,21 +216,41 @@ class Deployer:
             await self._audit(result, actor)
             return result
         # Automatic rollback to the revision before the failed one (kubectl rollout undo).
-        undo = Plan(kind="rollback", service=plan.service, env=plan.env, from_version=plan.to_version)
         try:
             back_to, generation = await platform.rollback(
                 plan.service, plan.env, target, None,
                 f"opsbot: automatic rollback of {plan.service} {plan.to_version} ({reason}), asked by {actor.name}")
+        except (PlatformError, UserError) as e:
+            result = Result(plan=plan, outcome="rollback_failed", seconds=self.clock() - started, reason=reason,
+                            rollback_error=str(e), progress=progress)
+            await self._audit(result, actor)
+            return result
+        if on_applied is not None:
+            await on_applied("rollback", generation)
+        return await self._watch_rollback(platform, target, plan, actor, generation, back_to, timeout,
+                                          on_progress, started, reason=reason, progress=progress)
+
+    async def _watch_rollback(self, platform: Platform, target: object, plan: Plan, actor: Actor, generation: int,
+                              back_to: RevisionInfo | None, timeout: float, on_progress: ProgressCallback,
+                              started: float, *, reason: str, progress: RolloutProgress | None = None) -> Result:
+        undo = Plan(kind="rollback", service=plan.service, env=plan.env, from_version=plan.to_version)
+        if back_to is not None:
             undo.revision, undo.to_version = back_to.revision, back_to.version
+        try:
             after = await self._watch(platform, undo, target, generation, "rollback", timeout, on_progress)
             if after.state != "complete":
                 raise PlatformError(f"the rollback did not complete either: {_reason(after)}")
+            if back_to is None:  # taken over mid-rollback: what runs now is what it went back to
+                state = await platform.get_state(plan.service, plan.env, target)
+                rolled_back_to = state.version
+            else:
+                rolled_back_to = back_to.version
         except (PlatformError, UserError) as e:
             result = Result(plan=plan, outcome="rollback_failed", seconds=self.clock() - started, reason=reason,
                             rollback_error=str(e), progress=progress)
         else:
             result = Result(plan=plan, outcome="rolled_back", seconds=self.clock() - started, reason=reason,
-                            rolled_back_to=back_to.version, progress=progress)
+                            rolled_back_to=rolled_back_to, progress=progress)
         await self._audit(result, actor)
         return result
 

@@ -649,6 +649,14 @@ class _Checker:
                     self.add("warning", ("metrics", "services", svc),
                              f"unknown service {svc!r}" + (f"; did you mean {hint!r}?" if hint else "; it is never used"))
 
+        ha = m.get("ha")
+        if isinstance(ha, dict) and ha.get("enabled") is True:
+            url = m.get("database_url")
+            if not isinstance(url, str) or url.startswith("sqlite"):
+                self.add("error", ("ha", "enabled"),
+                         "replicas must share one database: set database_url to a PostgreSQL server "
+                         "(postgresql+psycopg://…); SQLite files are per replica")
+
     def _secrets(self) -> None:
         """Secrets written literally in the file (never in the output)."""
         for path, value in _leaves(self.doc.data):

@@ -77,7 +77,7 @@ class Core(commands.Cog):
             text = f"🚫 {ctx.author.mention}, {error}. `{self.app.settings.command_prefix}perms` shows yours."
             await self._audit_denied(ctx, error)
         elif isinstance(error, Draining):
-            result = "refused"
+            result = "denied"
             text = f"🔁 {error}."
         elif isinstance(error, NotConfigured):
             result = "denied"

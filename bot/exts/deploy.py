@@ -4,6 +4,7 @@ automatic rollback, and a line in #deploys."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from datetime import UTC, datetime, timedelta
@@ -15,9 +16,10 @@ from discord.ext import commands
 
 from bot import autocomplete
 from bot.checks import Denied, member_allows, requires
-from bot.render import history_embed, progress_embed, result_embed, result_line
+from bot.render import handover_embed, history_embed, progress_embed, result_embed, result_line
 from bot.views import ask_confirmation, new_pending
 from commands.deploy import Actor, Plan, Result
+from commands.handover import Inflight
 from commands.freeze import FreezeNeedsGrant
 from commands.locks import Locked, OperationLock
 
@@ -173,11 +175,12 @@ class Deploy(commands.Cog):
 
     async def _start(self, plan: Plan, actor: Actor, channel: Any) -> discord.Message:
         """Take the operation lock, post the progress message, run the rest in the background."""
-        timeout = self.app.settings.env(plan.env).timeout_seconds
         lock = await self.app.locks.acquire_operation(plan.service, plan.env, actor.id, actor.name, plan.describe(),
-                                                      ttl=timedelta(seconds=timeout * 2 + 120))
+                                                      ttl=self._ttl(plan))
         try:
             message = await channel.send(f"🚀 {plan.describe()} — started by {actor.name}")
+            # Written down, so that another replica can finish it if this one dies (commands/handover.py).
+            await self.app.journal.begin(lock.id, plan, actor, channel.id, message.id, self.app.identity)
         except BaseException:
             await lock.release()
             raise
@@ -185,7 +188,11 @@ class Deploy(commands.Cog):
                                    lambda: self._run(plan, actor, message, lock))
         return message
 
-    async def _run(self, plan: Plan, actor: Actor, message: discord.Message, lock: OperationLock) -> Result:
+    def _ttl(self, plan: Plan) -> timedelta:
+        return timedelta(seconds=self.app.settings.env(plan.env).timeout_seconds * 2 + 120)
+
+    async def _run(self, plan: Plan, actor: Actor, message: Any, lock: OperationLock,
+                   resume: Inflight | None = None) -> Result | None:
         editor = ThrottledEditor(message)
         first_failure: list[str] = []
 
@@ -199,13 +206,58 @@ class Deploy(commands.Cog):
             else:
                 await editor.update(embed)
 
+        async def on_applied(phase: Any, generation: int) -> None:
+            await self.app.journal.applied(lock.id, phase, generation)
+
+        handed_over = False
         try:
-            result = await self.app.deployer.execute(plan, actor, on_progress)
+            if resume is not None and resume.generation is not None:
+                result = await self.app.deployer.resume(plan, actor, resume.phase, resume.generation, on_progress,
+                                                        on_applied=on_applied)
+            else:
+                result = await self.app.deployer.execute(plan, actor, on_progress, on_applied=on_applied)
+        except asyncio.CancelledError:
+            if self.app.draining:
+                # Shutting down and the rollout outlived the grace: keep the lock and the journal
+                # entry; the next leader watches it to the end and edits this message.
+                handed_over = True
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(editor.final(handover_embed(plan, actor.name)), 5)
+            raise
         finally:
-            await lock.release()
+            if not handed_over:
+                await self.app.journal.end(lock.id)
+                await lock.release()
         await editor.final(result_embed(result, actor.name))
         await self._announce(message.guild, result_line(result, actor.name, actor.channel))
         return result
+
+    async def cog_load(self) -> None:
+        self.app.supervisor.submit("take over running deploys", self._take_over)
+
+    async def _take_over(self) -> None:
+        """Operations a previous leader left running: watch them to the end from here."""
+        await self.bot.wait_until_ready()
+        if not self.app.is_leader:
+            return
+        for item in await self.app.journal.take_over(self.app.identity):
+            info = await self.app.locks.renew(item.lock_id, self._ttl(item.plan))
+            channel = self.bot.get_channel(item.channel_id)
+            if info is None or not isinstance(channel, discord.abc.Messageable):
+                # The lock expired (or was broken by hand), or the channel is gone: nothing to finish.
+                log.warning("not taking over %s (lock %s, channel %s)", item.plan.describe(), info, channel)
+                await self.app.journal.end(item.lock_id)
+                continue
+            log.warning("taking over %s from %s", item.plan.describe(), item.previous_owner)
+            message = channel.get_partial_message(item.message_id)  # type: ignore[union-attr]
+            with contextlib.suppress(discord.HTTPException):
+                await channel.send(f"🔁 {item.plan.describe()} (by {item.actor.name}) was running when the bot "
+                                   f"restarted; watching it to the end here: {message.jump_url}",
+                                   allowed_mentions=discord.AllowedMentions.none())
+            self.app.supervisor.submit(
+                f"{item.plan.kind} {item.plan.service} {item.plan.env} (taken over)",
+                lambda item=item, message=message, lock=OperationLock(self.app.locks, info):  # type: ignore[misc]
+                    self._run(item.plan, item.actor, message, lock, resume=item))
 
     async def _announce(self, guild: discord.Guild | None, line: str) -> None:
         if guild is None:

@@ -54,16 +54,13 @@ class KubernetesLease:
 
     async def create(self, record: LeaseRecord) -> LeaseRecord:
         """Create the Lease; :class:`Conflict` when another candidate created it first."""
-        body = client.V1Lease(metadata=client.V1ObjectMeta(name=self.name, namespace=self.namespace),
-                              spec=_spec(record))
+        body = _body(self.namespace, self.name, record, None)
         lease = await self._call("create", lambda api: api.create_namespaced_lease, self.namespace, body)
         return _record(lease)
 
     async def update(self, record: LeaseRecord, resource_version: str) -> LeaseRecord:
         """Replace the spec if nobody wrote since ``resource_version``; else :class:`Conflict`."""
-        body = client.V1Lease(
-            metadata=client.V1ObjectMeta(name=self.name, namespace=self.namespace, resource_version=resource_version),
-            spec=_spec(record))
+        body = _body(self.namespace, self.name, record, resource_version)
         lease = await self._call("update", lambda api: api.replace_namespaced_lease, self.name, self.namespace, body)
         return _record(lease)
 
@@ -71,12 +68,28 @@ class KubernetesLease:
         await self._platform.close()
 
 
-def _spec(record: LeaseRecord) -> client.V1LeaseSpec:
-    return client.V1LeaseSpec(
-        holder_identity=record.holder or None,
-        lease_duration_seconds=max(1, round(record.lease_duration_seconds)),
-        acquire_time=record.acquire_time, renew_time=record.renew_time,
-        lease_transitions=record.transitions)
+def _micro_time(value: datetime | None) -> datetime | None:
+    """A MicroTime the API server accepts. The client validates the body into its models (pydantic)
+    and writes times with ``isoformat``, which drops the fraction when the microseconds are 0; the
+    server then refuses the Lease (400, "cannot parse … as RFC3339Micro"). A time on the whole
+    second is therefore sent 1 µs later: harmless for a lease."""
+    if value is None:
+        return None
+    value = value.astimezone(UTC)
+    return value.replace(microsecond=1) if value.microsecond == 0 else value
+
+
+def _body(namespace: str, name: str, record: LeaseRecord, resource_version: str | None) -> dict[str, Any]:
+    """The Lease as the API's JSON (the client validates it into a ``V1Lease``)."""
+    metadata: dict[str, Any] = {"name": name, "namespace": namespace}
+    if resource_version is not None:
+        metadata["resourceVersion"] = resource_version
+    spec = {"holderIdentity": record.holder or None,
+            "leaseDurationSeconds": max(1, round(record.lease_duration_seconds)),
+            "acquireTime": _micro_time(record.acquire_time), "renewTime": _micro_time(record.renew_time),
+            "leaseTransitions": record.transitions}
+    return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": metadata,
+            "spec": {k: v for k, v in spec.items() if v is not None}}
 
 
 def _aware(value: datetime | None) -> datetime | None:

@@ -579,3 +579,21 @@ def test_ascii_fallback() -> None:
     assert text.isascii()
     assert text.splitlines()[0] == "services (5) x envs (dev, staging, prod):"
     assert re.search(r"^  prod +yes +0 +900s +yes +any$", text, re.M)
+
+
+def test_ha_needs_a_shared_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _write(tmp_path, VALID + "ha: {enabled: true}\n")
+    result = check(path)
+    assert result.exit_code == 1
+    assert any(p.path == "ha.enabled" and "share one database" in p.message for p in result.errors), _lines(result)
+    # The URL may come from the environment, as in deploy/kubernetes (a Secret).
+    monkeypatch.setenv("OPSBOT_DATABASE_URL", "postgresql+psycopg://opsbot@db:5432/opsbot")
+    assert check(path).problems == []
+
+
+def test_ha_timing_must_leave_room(tmp_path: Path) -> None:
+    text = VALID + ("database_url: postgresql+psycopg://opsbot@db/opsbot\n"
+                    "ha: {enabled: true, lease_duration_seconds: 10, renew_deadline_seconds: 10}\n")
+    result = check(_write(tmp_path, text))
+    assert result.exit_code == 1
+    assert any("renew_deadline_seconds must be shorter" in p.message for p in result.errors), _lines(result)

@@ -130,3 +130,13 @@ async def test_stale_write_conflicts(locks: list[KubernetesLease]) -> None:
 def test_timing_must_make_sense() -> None:
     with pytest.raises(ValueError):
         LeaderElector(object(), "a", lease_duration=5, renew_deadline=5, retry_period=1)  # type: ignore[arg-type]
+
+
+async def test_whole_second_times_are_accepted(locks: list[KubernetesLease]) -> None:
+    """MicroTime needs six fraction digits even when they are all 0 (isoformat would drop them)."""
+    from datetime import UTC, datetime
+
+    at = datetime(2026, 11, 30, 5, 0, 0, tzinfo=UTC)
+    a = LeaderElector(locks[0], "a", **LEASE, now=lambda: at)
+    assert await a.try_acquire_or_renew()
+    assert abs((await locks[1].get()).renew_time - at).total_seconds() < 0.001

@@ -16,12 +16,14 @@ Finally SIGTERM on the new leader: it exits cleanly and releases the lease.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -122,106 +124,198 @@ def lease_holder(kubeconfig: Path) -> str | None:
         api.close()
 
 
-async def test_kill_the_leader_mid_storm_mid_window_mid_deploy(tmp_path: Path, postgres_url: str) -> None:
-    sandbox = SandboxServer(timing=Timing(speed=0.2)).start()  # a deploy takes ~25 s: long enough to die in
-    kubeconfig = sandbox.write_kubeconfig(tmp_path / "kubeconfig")
-    members: list[Member] = []
-    try:
-        async with open_relay_env() as env, open_bridge(env) as host, aiohttp.ClientSession() as http:
-            guild = env.create_guild("dgg ops")
-            chans = {name: guild.create_text_channel(name) for name in ("ops", "alerts", "deploys")}
-            admin_role = guild.create_role("Admin")
-            admin = guild.add_member(env.create_user("admin"), roles=[admin_role])
-            cfg = member_config(tmp_path / "opsbot.yaml", kubeconfig, admin_role.id)
+class Drill:
+    """The shared world of the failover tests: the sandbox, one Discord over the bridge, replicas."""
 
-            # --- a leads, b stands by -------------------------------------------------------
-            a = Member("member-a", cfg, host.url, postgres_url, tmp_path)
-            members.append(a)
-            await wait_until(lambda: any(s.name == "member-a" for s in host.sessions), timeout=60)
-            b = Member("member-b", cfg, host.url, postgres_url, tmp_path)
-            members.append(b)
+    def __init__(self, tmp: Path, database: str) -> None:
+        self.tmp, self.database = tmp, database
+        self.members: list[Member] = []
 
-            async def b_standby() -> bool:
-                status, text = await readyz(http, b)
-                return status == 200 and "standby" in text and "member-a" in text
-            await wait_until(b_standby, timeout=60)
-            assert lease_holder(kubeconfig) == "member-a"
-            assert [s.name for s in host.sessions] == ["member-a"]  # only the leader holds a session
+    @contextlib.asynccontextmanager
+    async def run(self) -> AsyncIterator[Drill]:
+        self.sandbox = SandboxServer(timing=Timing(speed=0.2)).start()  # a deploy takes ~25 s: time to die in
+        self.kubeconfig = self.sandbox.write_kubeconfig(self.tmp / "kubeconfig")
+        try:
+            async with open_relay_env() as env, open_bridge(env) as host, aiohttp.ClientSession() as http:
+                self.env, self.host, self.http = env, host, http
+                guild = env.create_guild("dgg ops")
+                self.chans = {name: guild.create_text_channel(name) for name in ("ops", "alerts", "deploys")}
+                admin_role = guild.create_role("Admin")
+                self.admin = guild.add_member(env.create_user("admin"), roles=[admin_role])
+                self.cfg = member_config(self.tmp / "opsbot.yaml", self.kubeconfig, admin_role.id)
+                try:
+                    yield self
+                except BaseException:
+                    self.dump()
+                    raise
+        finally:
+            for m in self.members:
+                m.stop()
+            self.sandbox.stop()
 
-            # --- a window that starts in 8 s and lasts 20 s; a deploy that takes ~25 s ------------
-            await admin.send(chans["ops"], "!maintenance schedule chat staging in 8s 20s failover drill")
-            await wait_until(lambda: any("#1" in t for t in texts(chans["ops"])), timeout=20)
-            await admin.send(chans["ops"], "!deploy chat-gui staging v1.5.1")
-            await wait_until(lambda: any("chat-gui → staging" in t for t in texts(chans["ops"])), timeout=20)
-
-            # --- the storm: half before the kill, to both replicas ------------------------------
-            order = [a, b]
-            await asyncio.gather(*(deliver(http, order[i % 2:] + order[:i % 2], storm_body(i))
-                                   for i in range(GROUPS_BEFORE)))
-            await wait_until(lambda: any("Maintenance has begun" in t for t in texts(chans["ops"])), timeout=30)
-            posted_before_kill = storm_messages(chans["alerts"])
-            assert posted_before_kill, "the leader posted nothing before it was killed"
-
-            # --- kill the leader: mid-storm, mid-window, mid-deploy ----------------------------
-            a.proc.send_signal(signal.SIGKILL)
-            killed_at = time.monotonic()
-            a.proc.wait()
-            rest = [deliver(http, [a, b], storm_body(i)) for i in range(GROUPS_BEFORE, GROUPS_BEFORE + GROUPS_AFTER)]
-            rest += [deliver(http, [a, b], storm_body(i, "resolved")) for i in range(RESOLVED)]
-            takers = await asyncio.gather(*rest)
-            assert set(takers) == {"member-b"}
-
-            await wait_until(lambda: any(s.name == "member-b" for s in host.sessions), timeout=30)
-            takeover = time.monotonic() - killed_at
-            assert takeover <= LEASE["lease_duration_seconds"] + 5, takeover
-            assert lease_holder(kubeconfig) == "member-b"
-
-            # --- nothing lost: every group shown, in its latest state; the window ends -----------
-            total = GROUPS_BEFORE + GROUPS_AFTER
-
-            def settled() -> bool:
-                seen = storm_messages(chans["alerts"])
-                resolved = all("resolved" in seen.get(f"Storm{i:02d}", [""])[-1].lower() for i in range(RESOLVED))
-                return len(seen) == total and resolved
-            await wait_until(settled, timeout=60)
-            await wait_until(lambda: any("Maintenance is over" in t for t in texts(chans["ops"])), timeout=60)
-            await asyncio.sleep(3)  # anything doubled would show up now
-
-            # --- nothing doubled ------------------------------------------------------------------
-            seen = storm_messages(chans["alerts"])
-            doubled = {name: len(m) for name, m in seen.items() if len(m) > 1}
-            assert not doubled, f"groups posted more than once: {doubled}"
-            assert set(seen) == {f"Storm{i:02d}" for i in range(total)}
-            ops = Counter(kind for t in texts(chans["ops"]) for kind in
-                          ("Maintenance has begun", "Maintenance is over", "#1 has started", "#1 has ended")
-                          if kind in t)
-            assert ops == {"Maintenance has begun": 1, "Maintenance is over": 1,
-                           "#1 has started": 1, "#1 has ended": 1}, ops
-
-            # --- the deploy lock survived the leader ----------------------------------------------
-            before = len(chans["ops"].history())
-            await admin.send(chans["ops"], "!deploy chat-gui staging v1.5.2")
-            await wait_until(lambda: len(chans["ops"].history()) > before + 1, timeout=20)
-            reply = embed_text(chans["ops"].history()[-1])
-            assert "deploy chat-gui v1.5.1" in reply and ("lock" in reply.lower() or "running" in reply.lower()), reply
-
-            # --- a clean shutdown releases the lease at once --------------------------------------
-            b.proc.send_signal(signal.SIGTERM)
-            assert await asyncio.to_thread(b.proc.wait, 30) == 0, b.log()
-            assert not lease_holder(kubeconfig)
-            await wait_until(lambda: not host.sessions, timeout=10)
-    except BaseException:
-        for name, ch in (chans.items() if "chans" in locals() else []):
+    def dump(self) -> None:
+        for name, ch in self.chans.items():
             print(f"----- #{name} -----")
             for m in ch.history():
                 print(f"{m.author}: {embed_text(m)[:300]!r}")
-        for m in members:
+        for m in self.members:
             print(f"----- {m.name} -----\n{m.log()}")
-        raise
-    finally:
-        for m in members:
-            m.stop()
-        sandbox.stop()
+
+    async def leader_and_standby(self) -> tuple[Member, Member]:
+        a = Member("member-a", self.cfg, self.host.url, self.database, self.tmp)
+        self.members.append(a)
+        await wait_until(lambda: self.session_of("member-a"), timeout=60, what="member-a leading")
+        b = Member("member-b", self.cfg, self.host.url, self.database, self.tmp)
+        self.members.append(b)
+
+        async def b_standby() -> bool:
+            status, text = await readyz(self.http, b)
+            return status == 200 and "standby" in text and "member-a" in text
+        await wait_until(b_standby, timeout=60, what="member-b standing by")
+        assert lease_holder(self.kubeconfig) == "member-a"
+        assert [s.name for s in self.host.sessions] == ["member-a"]  # only the leader holds a session
+        for member, value in ((a, "1.0"), (b, "0.0")):
+            async with self.http.get(f"{member.url}/metrics") as r:
+                assert f"opsbot_leader {value}" in await r.text(), member.name
+        return a, b
+
+    def session_of(self, name: str) -> bool:
+        return any(s.name == name for s in self.host.sessions)
+
+    async def say(self, text: str) -> None:
+        await self.admin.send(self.chans["ops"], text)
+
+    def ops(self) -> list[str]:
+        return texts(self.chans["ops"])
+
+    async def start_deploy(self, version: str) -> Any:
+        await self.say(f"!deploy chat-gui staging {version}")
+        return await wait_until(lambda: progress_message(self.chans["ops"], version), timeout=20,
+                                what="the deploy's progress message")
+
+    async def lock_survived(self, running: str) -> None:
+        """A second deploy is refused: the first one's lock outlived the replica that took it."""
+        before = len(self.chans["ops"].history())
+        await self.say("!deploy chat-gui staging v1.5.2")
+
+        def answer() -> str | None:
+            later = [embed_text(m) for m in self.chans["ops"].history()[before + 1:] if m.author.bot]
+            return next((t for t in later if "locked" in t or "→ v1.5.2" in t), None)
+        reply = await wait_until(answer, timeout=20, what="the answer to a second deploy")
+        assert f"deploy chat-gui {running}" in reply and "is locked by" in reply, reply
+
+    async def deploy_finished_once(self, progress: Any, version: str) -> None:
+        """The taken-over deploy ends in its own progress message, and is announced once."""
+        def done() -> bool:
+            return "deployed" in embed_text(message_by_id(self.chans["ops"], progress.id))
+        await wait_until(done, timeout=60, what="the progress message to say deployed")
+        assert any("was running when the bot restarted" in t for t in self.ops()), self.ops()
+        lines = [t for t in texts(self.chans["deploys"]) if f"deployed chat-gui v1.5.0 → {version}" in t]
+        assert len(lines) == 1, texts(self.chans["deploys"])
+
+
+def message_by_id(channel: Any, message_id: int) -> Any:
+    return next(m for m in channel.history() if m.id == message_id)
+
+
+def progress_message(channel: Any, version: str) -> Any:
+    for m in channel.history():
+        if m.author.bot and f"→ {version}" in embed_text(m):
+            return m
+    return None
+
+
+async def test_kill_the_leader_mid_storm_mid_window_mid_deploy(tmp_path: Path, postgres_url: str) -> None:
+    async with Drill(tmp_path, postgres_url).run() as d:
+        a, b = await d.leader_and_standby()
+        chans = d.chans
+
+        # --- a window that starts in 8 s and lasts 20 s; a deploy that takes ~25 s ----------------
+        await d.say("!maintenance schedule chat staging in 8s 20s failover drill")
+        await wait_until(lambda: any("#1" in t for t in d.ops()), timeout=20, what="the window scheduled")
+        progress = await d.start_deploy("v1.5.1")
+
+        # --- the storm: part before the kill, to both replicas ------------------------------------
+        order = [a, b]
+        await asyncio.gather(*(deliver(d.http, order[i % 2:] + order[:i % 2], storm_body(i))
+                               for i in range(GROUPS_BEFORE)))
+        await wait_until(lambda: any("Maintenance has begun" in t for t in d.ops()), timeout=30, what="the window")
+        assert storm_messages(chans["alerts"]), "the leader posted nothing before it was killed"
+        assert "deployed" not in embed_text(message_by_id(chans["ops"], progress.id))
+
+        # --- kill the leader: mid-storm, mid-window, mid-deploy ----------------------------------
+        a.proc.send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        a.proc.wait()
+        rest = [deliver(d.http, [a, b], storm_body(i)) for i in range(GROUPS_BEFORE, GROUPS_BEFORE + GROUPS_AFTER)]
+        rest += [deliver(d.http, [a, b], storm_body(i, "resolved")) for i in range(RESOLVED)]
+        takers = await asyncio.gather(*rest)
+        assert set(takers) == {"member-b"}
+
+        await wait_until(lambda: d.session_of("member-b"), timeout=30, what="member-b leading")
+        takeover = time.monotonic() - killed_at
+        assert takeover <= LEASE["lease_duration_seconds"] + 5, takeover
+        assert lease_holder(d.kubeconfig) == "member-b"
+        await d.lock_survived("v1.5.1")
+
+        # --- nothing lost: every group shown, in its latest state; the window ends; the deploy ends
+        total = GROUPS_BEFORE + GROUPS_AFTER
+
+        def settled() -> bool:
+            seen = storm_messages(chans["alerts"])
+            resolved = all("resolved" in seen.get(f"Storm{i:02d}", [""])[-1].lower() for i in range(RESOLVED))
+            return len(seen) == total and resolved
+        await wait_until(settled, timeout=60, what="every alert group shown in its latest state")
+        await wait_until(lambda: any("Maintenance is over" in t for t in d.ops()), timeout=60, what="the window's end")
+        await d.deploy_finished_once(progress, "v1.5.1")
+        await asyncio.sleep(3)  # anything doubled would show up now
+
+        # --- nothing doubled ---------------------------------------------------------------------
+        seen = storm_messages(chans["alerts"])
+        doubled = {name: len(m) for name, m in seen.items() if len(m) > 1}
+        assert not doubled, f"groups posted more than once: {doubled}"
+        assert set(seen) == {f"Storm{i:02d}" for i in range(total)}
+        ops = Counter(kind for t in d.ops() for kind in
+                      ("Maintenance has begun", "Maintenance is over", "#1 has started", "#1 has ended")
+                      if kind in t)
+        assert ops == {"Maintenance has begun": 1, "Maintenance is over": 1,
+                       "#1 has started": 1, "#1 has ended": 1}, ops
+
+        # --- a clean shutdown releases the lease at once -----------------------------------------
+        b.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(b.proc.wait, 30) == 0, b.log()
+        assert not lease_holder(d.kubeconfig)
+        await wait_until(lambda: not d.host.sessions, timeout=10, what="the session closed")
+
+
+async def test_sigterm_hands_a_running_deploy_over(tmp_path: Path, postgres_url: str) -> None:
+    """A rolling update of the bot itself: the leader drains, the standby takes over at once."""
+    async with Drill(tmp_path, postgres_url).run() as d:
+        a, b = await d.leader_and_standby()
+        progress = await d.start_deploy("v1.5.1")
+        await asyncio.sleep(2)
+
+        a.proc.send_signal(signal.SIGTERM)
+        stopped_at = time.monotonic()
+        # Draining: new commands are refused politely while the running deploy has its grace.
+        await d.say("!status chat-gui staging")
+        await wait_until(lambda: any("restarting" in t for t in d.ops()), timeout=10, what="the refusal")
+        # Never two leaders: b may not lead (nor take the deploy over) before a stopped acting and
+        # released the lease; a's process may still be closing its connections after that.
+        deadline = time.monotonic() + 30
+        while a.proc.poll() is None:
+            if d.session_of("member-b") or lease_holder(d.kubeconfig) == "member-b":
+                assert "released lease" in a.log(), "member-b leads while member-a still acts"
+            assert time.monotonic() < deadline, "member-a did not stop"
+            await asyncio.sleep(0.05)
+        assert a.proc.returncode == 0, a.log()
+        # The rollout outlived the 5 s grace: its message says so, and the lock was kept.
+        assert "restarting" in embed_text(message_by_id(d.chans["ops"], progress.id))
+        # The lease was released: b leads at once, not after the lease duration.
+        await wait_until(lambda: d.session_of("member-b"), timeout=15, what="member-b leading")
+        assert time.monotonic() - stopped_at < 5 + LEASE["lease_duration_seconds"], "no faster than a crash"
+        await d.lock_survived("v1.5.1")
+        await d.deploy_finished_once(progress, "v1.5.1")
 
 
 def texts(channel: Any) -> list[str]:
