@@ -67,6 +67,7 @@ class App:
     clock: Callable[[], datetime] = utcnow  # on-call and the scheduler (escalation, hand-offs); tests inject one
     is_leader: bool = False  # runs the leader's duties (App.leading)
     draining: bool = False  # shutting down: new commands are refused politely
+    lease_lost: bool = False  # another replica may lead: stop at once
     leader_name: str | None = None  # with ha.enabled: who leads, as this replica last saw it
     identity: str = field(default_factory=default_identity)  # this replica (the Lease holder name)
     journal: Journal = field(init=False)  # running deploys, for whoever leads next
@@ -180,7 +181,9 @@ class App:
         runs them, so nothing is sent or run twice. (The Discord session is the caller's: run.py.)"""
         async with AsyncExitStack() as stack:
             await self.alerts.start()
-            stack.push_async_callback(self.alerts.stop)
+            # The chat operation in flight may finish, unless the lease is lost: then a new leader
+            # may be sending already.
+            stack.push_async_callback(lambda: self.alerts.stop(grace=0 if self.lease_lost else 5.0))
             await self.scheduler.start()
             stack.push_async_callback(self.scheduler.shutdown)
             await self.escalation.resume()

@@ -101,6 +101,7 @@ async def run_bot(config: Path | None, *, token_file: Path | None = None, sync: 
                 keep_lease.set()
                 lost = not await holder
             if lost:
+                app.lease_lost = True
                 code = EXIT_LOST_LEASE
             if code != EXIT_LOST_LEASE:
                 await elector.release()  # after the duties stopped: the next leader never overlaps
@@ -152,7 +153,7 @@ async def _lead(app: App, bot: OpsBot, settings: Settings, stopping: asyncio.Eve
 async def _lost_lease(app: App) -> int:
     # Someone else may lead already: stop at once, leave running work to them.
     log.error("lost the lease: stopping at once (exit %d) so that only the new leader acts", EXIT_LOST_LEASE)
-    app.draining = True
+    app.draining = app.lease_lost = True
     await app.supervisor.stop(grace=0)
     return EXIT_LOST_LEASE
 

@@ -161,12 +161,15 @@ class Drill:
         for m in self.members:
             print(f"----- {m.name} -----\n{m.log()}")
 
+    def start(self, name: str) -> Member:
+        member = Member(name, self.cfg, self.host.url, self.database, self.tmp)
+        self.members.append(member)
+        return member
+
     async def leader_and_standby(self) -> tuple[Member, Member]:
-        a = Member("member-a", self.cfg, self.host.url, self.database, self.tmp)
-        self.members.append(a)
+        a = self.start("member-a")
         await wait_until(lambda: self.session_of("member-a"), timeout=60, what="member-a leading")
-        b = Member("member-b", self.cfg, self.host.url, self.database, self.tmp)
-        self.members.append(b)
+        b = self.start("member-b")
 
         async def b_standby() -> bool:
             status, text = await readyz(self.http, b)
@@ -334,3 +337,24 @@ def storm_messages(channel: Any) -> dict[str, list[str]]:
                 found.setdefault(word[:7], []).append(text)
                 break
     return found
+
+
+async def test_a_leader_that_loses_its_lease_stops_at_once(tmp_path: Path, postgres_url: str) -> None:
+    """Someone else holds the Lease (a partition healed the wrong way, an operator): the old leader
+    must stop acting before the other can, and exit so that its orchestrator restarts it."""
+    async with Drill(tmp_path, postgres_url).run() as d:
+        a = d.start("member-a")
+        await wait_until(lambda: d.session_of("member-a"), timeout=60, what="member-a leading")
+        api = config.new_client_from_config(str(d.kubeconfig))
+        try:
+            coordination = client.CoordinationV1Api(api)
+            lease = coordination.read_namespaced_lease("opsbot", "opsbot")
+            lease.spec.holder_identity = "intruder"
+            lease.spec.lease_duration_seconds = 60
+            coordination.replace_namespaced_lease("opsbot", "opsbot", lease)
+        finally:
+            api.close()
+        code = await asyncio.to_thread(a.proc.wait, 20)
+        assert code == 3, a.log()  # bot.run.EXIT_LOST_LEASE
+        assert "lost the lease" in a.log()
+        await wait_until(lambda: not d.host.sessions, timeout=10, what="the Discord session closed")
