@@ -114,6 +114,15 @@ def test_the_config_passes_check_config(monkeypatch: pytest.MonkeyPatch) -> None
     for name in list(os.environ):
         if name.startswith("OPSBOT_"):
             monkeypatch.delenv(name)
+    # As the pod sees it: with the environment the Deployment gives it (values from its Secret).
+    deployment = next(doc for _, doc in _documents() if doc["kind"] == "Deployment")
+    secret_values = {"database-url": "postgresql+psycopg://opsbot:secret@postgres.opsbot:5432/opsbot"}
+    for var in deployment["spec"]["template"]["spec"]["containers"][0].get("env", []):
+        if var["name"].startswith("OPSBOT_"):
+            ref = (var.get("valueFrom") or {}).get("secretKeyRef")
+            value = secret_values.get(ref["key"], "from-the-secret") if ref else var.get("value")
+            if value is not None:
+                monkeypatch.setenv(var["name"], value)
     result = check(CONFIG)
     assert result.ok, result.render()
     assert not result.warnings, result.render()

@@ -66,8 +66,8 @@ def member_config(path: Path, kubeconfig: Path, admin_role: int) -> Path:
 
 
 class Member:
-    def __init__(self, name: str, cfg: Path, bridge: str, database: str, tmp: Path) -> None:
-        self.name, self.port = name, free_port()
+    def __init__(self, name: str, cfg: Path, bridge: str, database: str, tmp: Path, port: int | None = None) -> None:
+        self.name, self.port = name, port or free_port()
         self.log_path = tmp / f"{name}.log"
         env = {**os.environ, "OPSBOT_HA__IDENTITY": name, "OPSBOT_DATABASE_URL": database,
                "OPSBOT_WEBHOOK_LISTEN": f"127.0.0.1:{self.port}", "OPSBOT_WEBHOOK_TOKEN": TOKEN,
