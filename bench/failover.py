@@ -35,24 +35,18 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.conftest_postgres import start_postgres  # noqa: E402
-from tests.ha.test_failover import Drill, Member, storm_body, storm_messages  # noqa: E402
+from tests.ha.test_failover import Drill, Member, deliver, storm_body, storm_messages  # noqa: E402
 from tests.support.simcord_bridge import wait_until  # noqa: E402
 
 
 async def post(http: aiohttp.ClientSession, members: list[Member], body: dict) -> None:
-    from tests.alerts.conftest import TOKEN
-
+    """Until a replica takes it (Alertmanager retries with backoff; this is kinder to the restart)."""
     while True:
-        for m in members:
-            try:
-                async with http.post(f"{m.url}/alerts/alertmanager", json=body,
-                                     headers={"Authorization": f"Bearer {TOKEN}"},
-                                     timeout=aiohttp.ClientTimeout(total=5)) as r:
-                    if r.status == 200:
-                        return
-            except (aiohttp.ClientError, TimeoutError):
-                pass
-        await asyncio.sleep(0.1)  # Alertmanager retries with backoff; this is kinder to the restart
+        try:
+            await deliver(http, members, body)
+            return
+        except AssertionError:
+            await asyncio.sleep(0.1)
 
 
 async def one_round(mode: str, lease: float, round_no: int) -> dict[str, float]:
