@@ -34,9 +34,9 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.conftest_postgres import start_postgres  # noqa: E402
-from tests.ha.test_failover import Drill, Member, deliver, storm_body, storm_messages  # noqa: E402
-from tests.support.simcord_bridge import wait_until  # noqa: E402
+from tests.conftest_postgres import start_postgres
+from tests.ha.test_failover import Drill, Member, deliver, storm_body, storm_messages
+from tests.support.simcord_bridge import wait_until
 
 
 async def post(http: aiohttp.ClientSession, members: list[Member], body: dict) -> None:

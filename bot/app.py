@@ -16,28 +16,27 @@ from typing import Any
 import discord
 from discord.ext import commands
 
-from bot import checks
-from bot.http import HttpServer
-from bot.metrics import Metrics
 from alerts.escalation import EscalationEngine
 from alerts.notify import OutMessage
 from alerts.oncall import OnCall
 from alerts.service import AlertService
-from commands.freeze import FreezeService
-from commands.maintenance import MaintenanceService
+from bot import checks
+from bot.http import HttpServer
+from bot.metrics import Metrics
 from bot.notifier import DiscordNotifier, RoleSync
 from bot.views import DYNAMIC_ITEMS, PendingStore
-from commands.catalog import UserError
-from commands.scheduler import Scheduler
 from commands.audit import AuditLog
-from commands.catalog import Catalog
+from commands.catalog import Catalog, UserError
 from commands.db import Database, utcnow
 from commands.deploy import Deployer
+from commands.freeze import FreezeService
 from commands.handover import Journal
 from commands.leader import default_identity
 from commands.locks import LockManager
+from commands.maintenance import MaintenanceService
 from commands.metrics import MetricsService
 from commands.permissions import Policy
+from commands.scheduler import Scheduler
 from commands.targets.base import Platform
 from commands.tasks import Supervisor
 from config.settings import OncallConfig, PermissionsConfig, Settings

@@ -16,11 +16,17 @@ from discord.ext import commands
 
 from bot import autocomplete
 from bot.checks import Denied, member_allows, requires
-from bot.render import handover_embed, history_embed, progress_embed, result_embed, result_line
+from bot.render import (
+    handover_embed,
+    history_embed,
+    progress_embed,
+    result_embed,
+    result_line,
+)
 from bot.views import ask_confirmation, new_pending
 from commands.deploy import Actor, Plan, Result
-from commands.handover import Inflight
 from commands.freeze import FreezeNeedsGrant
+from commands.handover import Inflight
 from commands.locks import Locked, OperationLock
 
 log = logging.getLogger(__name__)
@@ -254,10 +260,11 @@ class Deploy(commands.Cog):
                 await channel.send(f"🔁 {item.plan.describe()} (by {item.actor.name}) was running when the bot "
                                    f"restarted; watching it to the end here: {message.jump_url}",
                                    allowed_mentions=discord.AllowedMentions.none())
+            lock = OperationLock(self.app.locks, info)
             self.app.supervisor.submit(
                 f"{item.plan.kind} {item.plan.service} {item.plan.env} (taken over)",
-                lambda item=item, message=message, lock=OperationLock(self.app.locks, info):  # type: ignore[misc]
-                    self._run(item.plan, item.actor, message, lock, resume=item))
+                lambda item=item, message=message, lock=lock: self._run(  # type: ignore[misc]
+                    item.plan, item.actor, message, lock, resume=item))
 
     async def _announce(self, guild: discord.Guild | None, line: str) -> None:
         if guild is None:

@@ -17,7 +17,6 @@ from typing import Any
 from kubernetes import client
 
 from commands.leader import LeaseRecord
-from commands.targets.base import Conflict, NotFound
 from commands.targets.kubernetes import KubernetesPlatform, platform_error
 
 

@@ -24,7 +24,7 @@ from alerts.store import AlertStore, IncidentRow
 from commands.audit import AuditEntry, AuditLog
 from commands.db import Database
 from commands.freeze import FreezeRow, FreezeService
-from commands.locks import LockManager, Locked
+from commands.locks import Locked, LockManager
 from tests.alerts.conftest import alert, payload
 from tests.maintenance.conftest import settings_for
 
@@ -86,15 +86,16 @@ def test_exclusive_serialises_check_then_insert_across_databases(replicas):
     assert _count(replicas[0], AuditEntry.action == "claim") == 1
 
 
-def test_exclusive_names_are_independent_on_postgres(replicas):
+def test_exclusive_names_are_independent_on_postgres(postgres_url):
     """Two names never wait for each other (SQLite has one writer: names do not matter there)."""
-    first, second = replicas
-    if first.engine.dialect.name != "postgresql":
-        pytest.skip("SQLite serialises every writer")
+    first, second = Database(postgres_url), Database(postgres_url)
+    first.create_all()
     with first.session() as a:
         first.exclusive(a, "one")
         with second.session() as b:
             second.exclusive(b, "two")  # would block forever if the names collided
+    first.dispose()
+    second.dispose()
 
 
 def test_operation_lock_from_threads_on_two_databases_exactly_one_wins(replicas):

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 import yaml
 from kubernetes import client, config
 
@@ -294,7 +293,7 @@ async def test_kill_the_leader_mid_storm_mid_window_mid_deploy(tmp_path: Path, p
 async def test_sigterm_hands_a_running_deploy_over(tmp_path: Path, postgres_url: str) -> None:
     """A rolling update of the bot itself: the leader drains, the standby takes over at once."""
     async with Drill(tmp_path, postgres_url).run() as d:
-        a, b = await d.leader_and_standby()
+        a, _b = await d.leader_and_standby()
         progress = await d.start_deploy("v1.5.1")
         await asyncio.sleep(2)
 
