@@ -642,9 +642,10 @@ class AlertService:
         """Check the watchdog once (the loop calls it; tests call it with their own clock)."""
         if self.watchdog is None:
             return None
-        # Arrivals at other replicas count too.
+        # Arrivals at other replicas count too; those from before this watch began (a previous run)
+        # don't, as before: after a restart the timeout counts from the start.
         seen = await self._db.run(last_heartbeat, self._db, self.watchdog.alertname)
-        if seen is not None:
+        if seen is not None and seen >= self.watchdog.state.since:
             back = self.watchdog.seen(seen)
             if back is not None:
                 await self._notice(self.watchdog.message(back))

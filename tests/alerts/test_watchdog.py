@@ -118,3 +118,36 @@ async def test_credentials_in_the_alertmanager_url_become_basic_auth() -> None:
         assert seen == ["Basic bWU6cEBzcw=="]  # me:p@ss
     finally:
         await runner.cleanup()
+
+
+async def test_a_heartbeat_taken_by_a_standby_counts_at_the_leader(tmp_path: Path) -> None:
+    """Alertmanager posts to any replica: the leader's watchdog reads arrivals from the database."""
+    from alerts.watchdog import record_heartbeat
+
+    clock = Clock()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    leader = await open_harness(tmp_path / "a", clock=clock, watchdog_minutes=5)
+    # One from a previous run, long before this watch began: it must not count ("silent" at once).
+    record_heartbeat(leader.db, "Watchdog", T0 - timedelta(hours=3))
+    standby = await open_harness(tmp_path / "b", clock=clock, watchdog_minutes=5, db=leader.db)
+    await standby.service.stop()  # a standby: its intake only
+    try:
+        dog = [alert("Watchdog", severity="none", service="", env="")]
+        clock.advance(minutes=1)
+        assert await leader.service.check_watchdog() is None
+        clock.advance(minutes=3)
+        assert (await standby.post(payload(dog, group="wd")))[0] == 200
+        clock.advance(minutes=4)  # 8 minutes since the start, 4 since the heartbeat at the standby
+        assert await leader.service.check_watchdog() is None
+        clock.advance(minutes=2)
+        assert await leader.service.check_watchdog() == "silent"
+        assert (await standby.post(payload(dog, group="wd")))[0] == 200
+        assert await leader.service.check_watchdog() is None  # "back" is said by the leader's check
+        await leader.service.wait_idle(10)
+        said = [text for _, text in leader.notifier.notices]
+        assert len(said) == 2 and "is silent" in said[0] and "is back" in said[1], said
+        assert standby.notifier.notices == []
+    finally:
+        await close_harness(standby, dispose=False)
+        await close_harness(leader)
