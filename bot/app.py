@@ -147,8 +147,7 @@ class App:
             app = cls(settings=settings, db=db, audit=AuditLog(db), metrics=Metrics(),
                       supervisor=supervisor, platforms=platforms, locks=LockManager(db), clock=clock,
                       prometheus=prometheus)
-            app._build_alerting()
-            await db.run(app.alerts.store.create_tables)
+            app._build_alerting()  # its tables are on Base.metadata: created above, for a standby too
             if lead:
                 await stack.enter_async_context(app.leading())
             if serve_http:
