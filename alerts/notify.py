@@ -78,3 +78,18 @@ class Notifier(Protocol):
         ``files`` (filename, data) are attached to the post (alert graphs); only callers that have
         files pass them."""
         ...
+
+
+class FindsRecent(Protocol):
+    """Optional for a Notifier: look at the channel's newest messages for one the bot posted.
+
+    After a crash between chat accepting a post and the outbox recording it (a leader killed, a
+    timeout that had in fact gone through), the outbox looks before posting again, so the post is
+    not doubled."""
+
+    async def find_recent(self, channel: str, *, content: str | None = None, contains: str | None = None,
+                          with_embeds: bool = False, limit: int = 50) -> str | None:
+        """The ID of the newest of the bot's last ``limit`` messages whose content equals ``content``
+        (or contains ``contains``), and has embeds if ``with_embeds``; None if there is none."""
+        ...
+

@@ -234,12 +234,18 @@ class Outbox:
         message = self._render_message(work)
         channel, incident = work.channel, work.incident.id
         try:
-            if work.message_id is None:
-                if work.create_in_flight:
-                    log.warning(
-                        "incident #%s in %s: a create was interrupted before; posting again with nonce %s",
-                        incident, channel, message.nonce,
-                    )
+            posted = None
+            if work.message_id is None and work.create_in_flight:
+                # A create was interrupted (a crash, another replica that died): chat may show it.
+                posted = await self._find_recent(channel, contains=f"#{incident} ", with_embeds=True)
+                log.warning("incident #%s in %s: a create was interrupted before; %s", incident, channel,
+                            f"found its message {posted}" if posted else f"posting again with nonce {message.nonce}")
+            if posted is not None:
+                message_id = posted
+                await self._notifier.edit(channel, posted, message)
+                await self._persist(self._store.message_sent, work.delivery_id, work.version, posted)
+                self.stats["adopted"] += 1
+            elif work.message_id is None:
                 await self._db_run(self._store.create_started, work.delivery_id)
                 message_id = await self._notifier.send(channel, message)
                 await self._persist(self._store.message_sent, work.delivery_id, work.version, str(message_id))
@@ -309,9 +315,27 @@ class Outbox:
             log.exception("incident #%s: posting its timeline failed", work.incident_id)
             await self._db_run(self._store.timeline_failed, work.delivery_id, self._backoff(2, None))
 
-    async def _notice(self, work: NoticeWork) -> None:
+    async def _find_recent(self, channel: str, **what: Any) -> str | None:
+        """Ask the notifier whether chat shows a post already (see ``alerts.notify.FindsRecent``)."""
+        find = getattr(self._notifier, "find_recent", None)
+        if find is None:
+            return None
         try:
-            await self._notifier.send(work.channel, self._render_notice(work.text))
+            return await find(channel, **what)
+        except SendError as e:
+            log.warning("could not look at %s for an earlier post: %s", channel, e)
+            return None
+
+    async def _notice(self, work: NoticeWork) -> None:
+        message = self._render_notice(work.text)
+        try:
+            if work.unknown and await self._find_recent(work.channel, content=message.content):
+                log.warning("a notice for %s was posted before a crash; not posting it again", work.channel)
+                await self._persist(self._store.notice_done, work.notice_id)
+                self.stats["adopted"] += 1
+                return
+            await self._db_run(self._store.notice_started, work.notice_id)
+            await self._notifier.send(work.channel, message)
             await self._persist(self._store.notice_done, work.notice_id)
             self.stats["notice"] += 1
         except SendError as e:

@@ -238,6 +238,9 @@ class NoticeWork:
     channel: str
     text: str
     attempts: int
+    # A try was started and neither succeeded nor failed as far as we know (a crash): chat may
+    # show it already, so the sender looks before posting again.
+    unknown: bool = False
 
 
 Work = MessageWork | TimelineWork | NoticeWork
@@ -876,7 +879,8 @@ class AlertStore:
             ).all()
             for n in notice:
                 if n.next_attempt_at is None or n.next_attempt_at <= now:
-                    return NoticeWork(n.id, channel, n.text, n.attempts), None
+                    unknown = n.attempts > 0 and n.next_attempt_at is None
+                    return NoticeWork(n.id, channel, n.text, n.attempts, unknown), None
                 wake.append(n.next_attempt_at)
             due = or_(DeliveryRow.next_attempt_at.is_(None), DeliveryRow.next_attempt_at <= now)
             pair = session.execute(
@@ -1078,12 +1082,20 @@ class AlertStore:
             if n is not None:
                 n.sent = True
 
+    def notice_started(self, notice_id: int) -> None:
+        """A try begins (counted now, before chat is asked; see ``NoticeWork.unknown``)."""
+        with self._writing() as session:
+            n = session.get(NoticeRow, notice_id)
+            if n is not None:
+                n.attempts += 1
+                n.next_attempt_at = None
+
     def notice_failed(self, notice_id: int, delay: float | None) -> None:
+        """The try that ``notice_started`` counted failed: retry after ``delay``, or give up (None)."""
         with self._writing() as session:
             n = session.get(NoticeRow, notice_id)
             if n is None:
                 return
-            n.attempts += 1
             if delay is None:
                 n.sent = True  # given up; logged by the sender
             else:

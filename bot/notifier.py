@@ -144,6 +144,21 @@ class DiscordNotifier:
                 self._thread_locks.pop(message_id, None)
         return str(thread.id)
 
+    async def find_recent(self, channel: str, *, content: str | None = None, contains: str | None = None,
+                          with_embeds: bool = False, limit: int = 50) -> str | None:
+        """The newest of the bot's last ``limit`` messages that matches (alerts.notify.FindsRecent)."""
+        target = self._channel(channel)
+        me = self.bot.user
+        try:
+            async for m in target.history(limit=limit):
+                if me is None or m.author.id != me.id or (with_embeds and not m.embeds):
+                    continue
+                if (content is not None and m.content == content) or (contains is not None and contains in m.content):
+                    return str(m.id)
+        except discord.HTTPException as e:
+            raise _error(e, f"history of #{target.name}") from e
+        return None
+
     async def send_dm(self, user_id: int, message: OutMessage) -> None:
         """Escalation's optional direct message."""
         try:
