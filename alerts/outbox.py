@@ -208,10 +208,14 @@ class Outbox:
             pause = self._paused_until.get(channel, 0.0) - loop.time()
             wait = max(pause, self._limiters[channel].delay())
             if wait <= 0:
-                self._limiters[channel].take()
-                return True
+                return True  # the operation takes its slot in _admit, right before calling chat
             await self._wait(self._stopping, wait)
         return False
+
+    def _admit(self, channel: str) -> None:
+        """Count a chat call in the channel's window at the moment it leaves, after the database
+        writes that precede it: a slow write then spaces calls out instead of bunching them."""
+        self._limiters[channel].take()
 
     def _backoff(self, attempts: int, retry_after: float | None) -> float:
         if retry_after is not None and retry_after >= 0:
@@ -242,16 +246,19 @@ class Outbox:
                             f"found its message {posted}" if posted else f"posting again with nonce {message.nonce}")
             if posted is not None:
                 message_id = posted
+                self._admit(channel)
                 await self._notifier.edit(channel, posted, message)
                 await self._persist(self._store.message_sent, work.delivery_id, work.version, posted)
                 self.stats["adopted"] += 1
             elif work.message_id is None:
                 await self._db_run(self._store.create_started, work.delivery_id)
+                self._admit(channel)
                 message_id = await self._notifier.send(channel, message)
                 await self._persist(self._store.message_sent, work.delivery_id, work.version, str(message_id))
                 self.stats["send"] += 1
             else:
                 message_id = work.message_id
+                self._admit(channel)
                 await self._notifier.edit(channel, work.message_id, message)
                 await self._persist(self._store.message_sent, work.delivery_id, work.version, None)
                 self.stats["edit"] += 1
@@ -292,6 +299,7 @@ class Outbox:
     async def _timeline(self, work: TimelineWork) -> None:
         text = self._render_timeline(work)
         try:
+            self._admit(work.channel)
             thread_id = await self._notifier.thread_post(work.channel, work.message_id, work.thread_name, text)
             await self._persist(self._store.timeline_posted, work.delivery_id, work.entry_ids, thread_id)
             self.stats["thread_post"] += 1
@@ -335,6 +343,7 @@ class Outbox:
                 self.stats["adopted"] += 1
                 return
             await self._db_run(self._store.notice_started, work.notice_id)
+            self._admit(work.channel)
             await self._notifier.send(work.channel, message)
             await self._persist(self._store.notice_done, work.notice_id)
             self.stats["notice"] += 1
