@@ -995,7 +995,9 @@ def _failure(container: dict[str, Any], start_error: str | None) -> tuple[str, s
     if st.get("Restarting") or status == "restarting":
         return "Restarting", f"keeps restarting: exited with code {code}{oom}, restarted {max(restarts, 1)} time(s)"
     if restarts > 0:
-        return "Restarting", f"restarted {restarts} time(s), last exit code {code}{oom}"
+        # Running again after a restart: Docker has reset ExitCode to 0 by now, so it says nothing.
+        last = f", last exit code {code}" if code else ""
+        return "Restarting", f"restarted {restarts} time(s){last}{oom}"
     health, output, streak = _health(container)
     if health == "unhealthy":
         return "Unhealthy", f"health check failed {streak} time(s)" + (f": {output}" if output else "")

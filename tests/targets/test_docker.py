@@ -245,7 +245,10 @@ async def test_failed_deploy_is_restored_by_the_deployer(dockerd, platform, cont
     assert result.outcome == "rolled_back", result
     assert result.rolled_back_to == "v1"
     assert result.reason.startswith(("Restarting: ", "Exited: ")), result.reason
-    assert "exited with code 3" in result.reason
+    # Caught exited or restarting: the exit code; caught running again between two crashes (a
+    # loaded machine): Docker has reset the code to 0 and the restart count says it.
+    assert "exited with code 3" in result.reason or (
+        "restarted " in result.reason and "exit code 0" not in result.reason), result.reason
     assert "fatal: cannot read /etc/app.conf" in result.reason  # the last log lines say why
     assert ("rollout", "failed") in phases and phases[-1] == ("rollback", "complete")
 
