@@ -48,4 +48,4 @@ from tests.conftest_docker import DockerHost, container_name, dockerd  # noqa: E
 # A real Prometheus scraping the sandbox (tests/conftest_prometheus.py), for the metrics tests.
 from tests.conftest_prometheus import metrics_world, scraped_sandbox  # noqa: E402,F401
 # A throwaway PostgreSQL (tests/conftest_postgres.py): db_url runs the storage tests on both backends.
-from tests.conftest_postgres import db_url, postgres_server, postgres_url  # noqa: E402,F401
+from tests.conftest_postgres import db, db_url, postgres_server, postgres_url  # noqa: E402,F401

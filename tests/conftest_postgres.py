@@ -40,6 +40,8 @@ from typing import Any
 
 import pytest
 
+from commands.db import Database
+
 SUPERUSER = "postgres"
 # Empty databases for the tests are copies of this one (CREATE DATABASE ... TEMPLATE).
 TEMPLATE = "opsbot_template"
@@ -240,3 +242,15 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'data' / 'opsbot.db'}"
     return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+def db(db_url: str) -> Iterator[Database]:
+    """A fresh database with every opsbot table, on each backend (``db_url``)."""
+    import bot.app  # noqa: F401 - imports every module that defines a table
+
+    database = Database(db_url)
+    database.create_all()
+    yield database
+    database.dispose()
+

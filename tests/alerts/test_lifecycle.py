@@ -9,17 +9,7 @@ import pytest
 
 from commands.catalog import UserError
 from tests.alerts.conftest import T0, alert, close_harness, open_harness, payload
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self):
-        return self.now
-
-    def advance(self, **kw: float) -> None:
-        self.now += timedelta(**kw)
+from tests.support.clock import FakeClock
 
 
 async def test_a_note_goes_into_the_timeline_and_the_thread(tmp_path: Path) -> None:
@@ -58,7 +48,7 @@ async def test_notes_are_checked(tmp_path: Path) -> None:
 
 
 async def test_resolve_by_hand_closes_it_in_the_bot_only(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = FakeClock(T0)
     h = await open_harness(tmp_path, clock=clock)
     try:
         await h.post(payload([alert("Down", instance="a"), alert("Down", instance="b")]))
@@ -98,7 +88,7 @@ async def test_resolve_by_hand_closes_it_in_the_bot_only(tmp_path: Path) -> None
 
 
 async def test_response_stats_from_the_store(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = FakeClock(T0)
     h = await open_harness(tmp_path, clock=clock)
     try:
         # Three incidents opened at T0: acked after 2m and 4m, one resolved by hand after 10m.

@@ -11,21 +11,11 @@ from aiohttp import web
 from alerts.alertmanager import AlertmanagerClient
 from alerts.watchdog import Watchdog
 from tests.alerts.conftest import T0, alert, close_harness, open_harness, payload
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self):  # type: ignore[no-untyped-def]
-        return self.now
-
-    def advance(self, **kw: float) -> None:
-        self.now += timedelta(**kw)
+from tests.support.clock import FakeClock
 
 
 def test_watchdog_states() -> None:
-    clock = Clock()
+    clock = FakeClock(T0)
     w = Watchdog("Watchdog", timedelta(minutes=10), clock)
     assert w.check() is None
     clock.advance(minutes=9)
@@ -46,7 +36,7 @@ def test_watchdog_states() -> None:
 
 
 async def test_the_service_posts_silent_and_back_to_ops(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = FakeClock(T0)
     h = await open_harness(tmp_path, clock=clock, watchdog_minutes=5)
     try:
         dog = [alert("Watchdog", severity="none", service="", env="")]
@@ -82,7 +72,7 @@ async def test_watchdog_off(tmp_path: Path) -> None:
 
 
 async def test_silences_that_ended_stop_showing(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = FakeClock(T0)
     h = await open_harness(tmp_path, clock=clock)
     try:
         await h.post(payload([alert()]))
@@ -124,7 +114,7 @@ async def test_a_heartbeat_taken_by_a_standby_counts_at_the_leader(tmp_path: Pat
     """Alertmanager posts to any replica: the leader's watchdog reads arrivals from the database."""
     from alerts.watchdog import record_heartbeat
 
-    clock = Clock()
+    clock = FakeClock(T0)
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     leader = await open_harness(tmp_path / "a", clock=clock, watchdog_minutes=5)

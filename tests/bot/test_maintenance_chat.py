@@ -31,19 +31,9 @@ from tests.alerts.conftest import (
     stop_alertmanager,
 )
 from tests.bot.helpers import embed_text, say
+from tests.support.clock import FakeClock
 
 pytestmark = pytest.mark.integration
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime.now(UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **kw: float) -> None:
-        self.now += timedelta(**kw)
 
 
 def team_settings(settings: Any) -> None:
@@ -83,7 +73,7 @@ def apps(world: World) -> k8s.AppsV1Api:
     return k8s.AppsV1Api(k8s_config.new_client_from_config(str(world.app.settings.kubeconfig)))
 
 
-def world_args(tmp_path: Path, clock: Clock) -> dict[str, Any]:
+def world_args(tmp_path: Path, clock: FakeClock) -> dict[str, Any]:
     return {"data_dir": tmp_path / "bot", "clock_context": False, "clock": clock, "tweak": team_settings,
                 "sandbox_timing": Timing.fast(), "rollout_poll_seconds": 0.2}
 
@@ -92,12 +82,12 @@ def world_args(tmp_path: Path, clock: Clock) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def am_world(tmp_path: Path) -> AsyncIterator[tuple[World, Any, Clock]]:
+async def am_world(tmp_path: Path) -> AsyncIterator[tuple[World, Any, FakeClock]]:
     port = free_port()
     config = alertmanager_config(f"http://127.0.0.1:{port}/alerts/alertmanager", TOKEN,
                                  group_by=["alertname", "service", "env"])
     am = await start_alertmanager(tmp_path / "am", config, webhook_port=port, token=TOKEN)
-    clock = Clock()
+    clock = FakeClock()
     try:
         async with open_world(serve_http=True, webhook_listen=f"127.0.0.1:{port}", webhook_token=TOKEN,
                               alertmanager_url=am.url, **world_args(tmp_path, clock)) as world:
@@ -158,7 +148,7 @@ async def test_the_silence_appears_at_the_start_and_expires_at_the_end(am_world)
 
 
 async def test_a_restart_between_scheduling_and_start_runs_the_window_once(tmp_path: Path):
-    clock = Clock()
+    clock = FakeClock()
     async with open_world(**world_args(tmp_path, clock)) as world:
         await say(world, "admin", "!maintenance schedule chat staging in 15m 20m kernel update --restart")
     clock.advance(minutes=5)  # down for 5 minutes, back 10 minutes before the start
@@ -183,7 +173,7 @@ async def test_a_restart_between_scheduling_and_start_runs_the_window_once(tmp_p
 
 
 async def test_a_window_missed_while_the_bot_was_down_is_reported(tmp_path: Path):
-    clock = Clock()
+    clock = FakeClock()
     async with open_world(**world_args(tmp_path, clock)) as world:
         await say(world, "admin", "!maintenance schedule all prod in 1h 30m network maintenance --restart")
     clock.advance(minutes=30)
@@ -204,8 +194,8 @@ async def test_a_window_missed_while_the_bot_was_down_is_reported(tmp_path: Path
 
 
 @pytest.fixture
-async def mworld(tmp_path: Path) -> AsyncIterator[tuple[World, Clock]]:
-    clock = Clock()
+async def mworld(tmp_path: Path) -> AsyncIterator[tuple[World, FakeClock]]:
+    clock = FakeClock()
     async with open_world(**world_args(tmp_path, clock)) as world:
         yield world, clock
 

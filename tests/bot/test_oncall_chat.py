@@ -19,26 +19,18 @@ import pytest
 
 from bot.world import World, open_world
 from tests.bot.helpers import embed_text, say
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime.now(UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **kw: float) -> None:
-        self.now += timedelta(**kw)
+from tests.support.clock import FakeClock
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    # Today at noon UTC: the demo rotations hand off at 09:00, and a two-hour override started
+    # between 07:00 and 09:00 would span a hand-off, which these tests don't mean to test.
+    return FakeClock(datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0))
 
 
 @pytest.fixture
-async def world(tmp_path: Path, clock: Clock) -> AsyncIterator[World]:
+async def world(tmp_path: Path, clock: FakeClock) -> AsyncIterator[World]:
     def quick_timeline(settings) -> None:
         settings.alerts.timeline_delay_seconds = 0  # thread posts at once (the alerts' clock is real)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -24,14 +23,6 @@ class StepClock:
     def __call__(self) -> datetime:
         self.calls += 1
         return T0 + timedelta(seconds=self.calls - 1)
-
-
-@pytest.fixture
-def db(db_url: str) -> Iterator[Database]:
-    database = Database(db_url)
-    database.create_all()
-    yield database
-    database.dispose()
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import asyncio
 import multiprocessing
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime, timedelta
 
@@ -15,34 +14,16 @@ import pytest
 
 from commands.catalog import UserError
 from commands.db import Database
-from commands.locks import LockInfo, LockManager, Locked, OperationLock
+from commands.locks import Locked, LockInfo, LockManager, OperationLock
+from tests.support.clock import FakeClock
 
 T0 = datetime(2024, 5, 1, 14, 2, tzinfo=UTC)
 TTL = timedelta(minutes=15)
 
 
-class FakeClock:
-    def __init__(self, now: datetime = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **kw: float) -> None:
-        self.now += timedelta(**kw)
-
-
-@pytest.fixture
-def db(db_url: str) -> Iterator[Database]:
-    database = Database(db_url)
-    database.create_all()
-    yield database
-    database.dispose()
-
-
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(T0)
 
 
 @pytest.fixture

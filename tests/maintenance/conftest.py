@@ -19,19 +19,9 @@ from commands.models import RolloutProgress
 from commands.scheduler import Scheduler
 from commands.targets.base import JobRun, PlatformError, PruneResult
 from config.settings import KubernetesTarget, ServiceConfig, Settings, load_settings
+from tests.support.clock import FakeClock
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
-
-
-class FakeClock:
-    def __init__(self, now: datetime = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **kw: float) -> None:
-        self.now += timedelta(**kw)
 
 
 @dataclass
@@ -175,7 +165,7 @@ class World:
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(T0)
 
 
 @pytest.fixture

@@ -2,42 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import pytest
 
-from commands.db import Database
+from tests.support.clock import FakeClock
 
 T0 = datetime(2024, 5, 1, 14, 0, tzinfo=UTC)
 
 
-class FakeClock:
-    def __init__(self, now: datetime = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **kw: float) -> None:
-        self.now += timedelta(**kw)
-
-
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def db(db_url: str) -> Iterator[Database]:
-    """A fresh database on each backend (db_url, tests/conftest_postgres.py: SQLite, PostgreSQL)."""
-    # Import the table modules so create_all makes their tables.
-    from alerts import escalation, oncall  # noqa: F401
-
-    database = Database(db_url)
-    database.create_all()
-    yield database
-    database.dispose()
+    return FakeClock(T0)
 
 
 class FakeNotifier:
