@@ -31,7 +31,7 @@ from commands.db import Database, utcnow
 from commands.deploy import Deployer
 from commands.freeze import FreezeService
 from commands.handover import Journal
-from commands.leader import default_identity
+from commands.leader import LeaderElector, default_identity
 from commands.locks import LockManager
 from commands.maintenance import MaintenanceService
 from commands.metrics import MetricsService
@@ -67,7 +67,7 @@ class App:
     is_leader: bool = False  # runs the leader's duties (App.leading)
     draining: bool = False  # shutting down: new commands are refused politely
     lease_lost: bool = False  # another replica may lead: stop at once
-    leader_name: str | None = None  # with ha.enabled: who leads, as this replica last saw it
+    elector: LeaderElector | None = None  # with ha.enabled: the election (who leads, as last seen)
     identity: str = field(default_factory=default_identity)  # this replica (the Lease holder name)
     journal: Journal = field(init=False)  # running deploys, for whoever leads next
     notifier: DiscordNotifier = field(init=False)
@@ -104,7 +104,8 @@ class App:
         if self.draining:
             return False, "shutting down"
         if self.settings.ha.enabled and not self.is_leader:
-            return True, f"standby; leader: {self.leader_name or 'unknown'}"
+            leader = self.elector.leader if self.elector else None
+            return True, f"standby; leader: {leader or 'unknown'}"
         if self.bot is None or not self.bot.is_ready():
             return False, "discord session not ready"
         return True, "leader" if self.settings.ha.enabled else "ok"

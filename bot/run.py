@@ -77,19 +77,13 @@ async def run_bot(config: Path | None, *, token_file: Path | None = None, sync: 
 
         if not ha.enabled:
             return await _lead(app, bot, settings, stopping, None)
-        elector = _elector(settings, app.identity)
-        app.leader_name = None
+        elector = app.elector = _elector(settings, app.identity)
         log.warning("%s: standby; serving webhooks and campaigning for lease %s/%s", elector.identity,
                     ha.lease_namespace, ha.lease_name)
         try:
-            campaign = asyncio.create_task(elector.acquire(stopping))
-            while not campaign.done():  # keep /readyz's "leader: X" current while waiting
-                await asyncio.wait({campaign}, timeout=ha.retry_period_seconds)
-                app.leader_name = elector.leader
-            if not campaign.result():
+            if not await elector.acquire(stopping):
                 log.warning("%s: stopped while standby", elector.identity)
                 return 0
-            app.leader_name = elector.identity
             # Renewed until the duties have stopped, drain included: a standby may take over only
             # once this replica has stopped acting; then the lease is released at once.
             keep_lease = asyncio.Event()
@@ -101,7 +95,6 @@ async def run_bot(config: Path | None, *, token_file: Path | None = None, sync: 
                 keep_lease.set()
                 lost = not await holder
             if lost:
-                app.lease_lost = True
                 code = EXIT_LOST_LEASE
             if code != EXIT_LOST_LEASE:
                 await elector.release()  # after the duties stopped: the next leader never overlaps
@@ -145,7 +138,7 @@ async def _lead(app: App, bot: OpsBot, settings: Settings, stopping: asyncio.Eve
             return drain.result()
         finally:
             for task in (runner, stopper):
-                if task is not None and not task.done():
+                if not task.done():
                     task.cancel()
             await bot.close()
 
