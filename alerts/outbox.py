@@ -237,13 +237,15 @@ class Outbox:
     async def _message(self, work: MessageWork) -> None:
         message = self._render_message(work)
         channel, incident = work.channel, work.incident.id
+        posted = None
+        if work.message_id is None and work.create_in_flight:
+            # A create was interrupted (a crash, another replica that died): chat may show it.
+            looked, posted = await self._find_recent(channel, contains=f"#{incident} ", with_embeds=True)
+            if not looked:
+                return  # the work stays as it is, interrupted: looked at again after the pause
+            log.warning("incident #%s in %s: a create was interrupted before; %s", incident, channel,
+                        f"found its message {posted}" if posted else f"posting again with nonce {message.nonce}")
         try:
-            posted = None
-            if work.message_id is None and work.create_in_flight:
-                # A create was interrupted (a crash, another replica that died): chat may show it.
-                posted = await self._find_recent(channel, contains=f"#{incident} ", with_embeds=True)
-                log.warning("incident #%s in %s: a create was interrupted before; %s", incident, channel,
-                            f"found its message {posted}" if posted else f"posting again with nonce {message.nonce}")
             if posted is not None:
                 message_id = posted
                 self._admit(channel)
@@ -323,25 +325,34 @@ class Outbox:
             log.exception("incident #%s: posting its timeline failed", work.incident_id)
             await self._db_run(self._store.timeline_failed, work.delivery_id, self._backoff(2, None))
 
-    async def _find_recent(self, channel: str, **what: Any) -> str | None:
-        """Ask the notifier whether chat shows a post already (see ``alerts.notify.FindsRecent``)."""
+    async def _find_recent(self, channel: str, **what: Any) -> tuple[bool, str | None]:
+        """Ask the notifier whether chat shows a post already (``alerts.notify.FindsRecent``):
+        (looked, its ID). When chat cannot be asked now (not connected yet, just after a takeover)
+        the channel pauses and nothing is recorded, so the work keeps its interrupted mark: posting
+        without looking, or recording a failure that drops the mark, could post it twice."""
         find = getattr(self._notifier, "find_recent", None)
         if find is None:
-            return None
+            return True, None
         try:
-            return await find(channel, **what)
+            return True, await find(channel, **what)
         except SendError as e:
-            log.warning("could not look at %s for an earlier post: %s", channel, e)
-            return None
+            delay = e.retry_after if e.retry_after is not None else 2.0
+            self._paused_until[channel] = asyncio.get_running_loop().time() + delay
+            log.warning("cannot look at %s for an interrupted post yet (%s); again in %.1fs", channel, e, delay)
+            return False, None
 
     async def _notice(self, work: NoticeWork) -> None:
         message = self._render_notice(work.text)
-        try:
-            if work.unknown and await self._find_recent(work.channel, content=message.content):
+        if work.unknown:
+            looked, posted = await self._find_recent(work.channel, content=message.content)
+            if not looked:
+                return
+            if posted is not None:
                 log.warning("a notice for %s was posted before a crash; not posting it again", work.channel)
                 await self._persist(self._store.notice_done, work.notice_id)
                 self.stats["adopted"] += 1
                 return
+        try:
             await self._db_run(self._store.notice_started, work.notice_id)
             self._admit(work.channel)
             await self._notifier.send(work.channel, message)
@@ -357,6 +368,9 @@ class Outbox:
         except asyncio.CancelledError:
             raise
         except Exception:
+            # Not chat's answer (a timeout, a bug): the post may have gone through. The notice keeps
+            # its interrupted mark, so the next try looks first; the wait is the channel's pause.
             self.stats["failed"] += 1
-            log.exception("posting a notice to %s failed", work.channel)
-            await self._db_run(self._store.notice_failed, work.notice_id, self._backoff(work.attempts + 1, None))
+            delay = self._backoff(work.attempts + 1, None)
+            log.exception("posting a notice to %s failed; looking and retrying in %.1fs", work.channel, delay)
+            self._paused_until[work.channel] = asyncio.get_running_loop().time() + delay

@@ -323,6 +323,62 @@ async def test_notices_are_retried(tmp_path: Path) -> None:
         await close_harness(h)
 
 
+class LookingNotifier(RecordingNotifier):
+    """Can look at a channel's recent posts (FindsRecent); ``blind`` lookups fail first, as when
+    a new leader's Discord session is not ready yet."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blind = 0
+        self.lookups = 0
+
+    async def find_recent(self, channel: str, *, content: str | None = None, contains: str | None = None,
+                          with_embeds: bool = False, limit: int = 50) -> str | None:
+        self.lookups += 1
+        if self.blind:
+            self.blind -= 1
+            raise SendError("the Discord session is not ready yet", retry_after=0.05)
+        return "1" if (channel, content) in self.notices[-limit:] else None
+
+
+async def _notice_interrupted_by_a_crash(h: Any, text: str) -> None:
+    """The notice's try was counted, then the process died (no outcome recorded)."""
+    def half_done() -> None:
+        h.service.store.add_notice("ops", text)
+        [work] = [h.service.store.next_work("ops")[0]]
+        h.service.store.notice_started(work.notice_id)
+    await h.db.run(half_done)
+    h.service.outbox.wake(["ops"])
+    await h.service.wait_idle(10)
+
+
+async def test_an_interrupted_notice_waits_until_chat_can_be_looked_at(tmp_path: Path) -> None:
+    notifier = LookingNotifier()
+    notifier.notices.append(("ops", "the window has begun"))  # the dead process's post reached chat
+    notifier.blind = 3  # a new leader, its session not ready yet
+    h = await open_harness(tmp_path, notifier)
+    try:
+        await _notice_interrupted_by_a_crash(h, "the window has begun")
+        assert notifier.notices == [("ops", "the window has begun")], "posted twice"
+        assert notifier.lookups == 4 and h.service.outbox.stats["adopted"] == 1
+    finally:
+        await close_harness(h)
+
+
+async def test_a_notice_whose_outcome_is_unknown_is_looked_for_before_the_retry(tmp_path: Path) -> None:
+    notifier = LookingNotifier()
+    # Not chat's answer (say a timeout after the post went through): the next try must look.
+    notifier.fail_with(TimeoutError("timed out"), 1)
+    h = await open_harness(tmp_path, notifier)
+    try:
+        await h.service._notice("hello ops")
+        await notifier.wait_for(lambda: notifier.lookups >= 1, timeout=10)
+        await h.service.wait_idle(10)
+        assert notifier.notices == [("ops", "hello ops")]
+    finally:
+        await close_harness(h)
+
+
 async def test_the_database_failing_under_a_sender_does_not_kill_it(tmp_path: Path) -> None:
     h = await open_harness(tmp_path)
     try:
