@@ -26,15 +26,26 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alertmanager-url", help="Alertmanager base URL")
     p.add_argument("--prometheus-url", help="Prometheus base URL")
     p.add_argument("--webhook-listen", metavar="HOST:PORT", help="address of the bot's HTTP server")
-    p.add_argument("--webhook-token", help="bearer token Alertmanager must send (prefer OPSBOT_WEBHOOK_TOKEN)")
+    p.add_argument("--webhook-token", nargs="?", action=_RefuseSecret, help=argparse.SUPPRESS)
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+
+
+class _RefuseSecret(argparse.Action):
+    """A secret on argv is readable by every user of the machine (ps, /proc/PID/cmdline) and lands
+    in shell history: the flag is refused, with where the secret goes instead."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        parser.error(f"{option_string} is not accepted: a secret on the command line is visible to every "
+                     "user of this machine; set OPSBOT_WEBHOOK_TOKEN, or OPSBOT_WEBHOOK_TOKEN_FILE=PATH "
+                     "to a file that holds it")
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "data_dir": args.data_dir, "kubeconfig": args.kubeconfig, "docker_host": args.docker_host,
         "alertmanager_url": args.alertmanager_url, "prometheus_url": args.prometheus_url,
-        "webhook_listen": args.webhook_listen, "webhook_token": args.webhook_token,
+        "webhook_listen": args.webhook_listen,
     }
 
 
@@ -44,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run the bot on real Discord (token from OPSBOT_DISCORD_TOKEN)")
     _common(p)
-    p.add_argument("--token-file", type=Path, help="read the Discord token from this file")
+    p.add_argument("--token-file", type=Path,
+                   help="read the Discord token from this file (as OPSBOT_DISCORD_TOKEN_FILE)")
     p.add_argument("--sync-commands", action="store_true",
                    help="sync slash commands to Discord on start (do it after adding commands, not every start)")
 

@@ -29,7 +29,7 @@ from pydantic import SecretStr
 from bot.app import App, OpsBot, create_bot
 from commands.leader import LeaderElector
 from config.check import check
-from config.settings import Settings
+from config.settings import SecretFileError, Settings, read_secret_file
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +47,15 @@ async def run_bot(config: Path | None, *, token_file: Path | None = None, sync: 
         return 1
     settings = checked.settings
     if token_file is not None:
-        settings.discord_token = SecretStr(token_file.read_text(encoding="utf-8").strip())
+        try:
+            settings.discord_token = SecretStr(read_secret_file(token_file, "--token-file"))
+        except SecretFileError as e:
+            print(f"opsbot: {e}", file=sys.stderr)
+            return 2
     if settings.discord_token is None or not settings.discord_token.get_secret_value():
-        log.error("no Discord token: set OPSBOT_DISCORD_TOKEN or pass --token-file")
-        print("opsbot: no Discord token (set OPSBOT_DISCORD_TOKEN or pass --token-file)")
+        log.error("no Discord token: set OPSBOT_DISCORD_TOKEN or OPSBOT_DISCORD_TOKEN_FILE, or pass --token-file")
+        print("opsbot: no Discord token (set OPSBOT_DISCORD_TOKEN or OPSBOT_DISCORD_TOKEN_FILE, "
+              "or pass --token-file)")
         return 2
 
     stopping = asyncio.Event()

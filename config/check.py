@@ -43,13 +43,17 @@ from pydantic_settings import (
 
 from commands.permissions import ACTIONS, SCOPED, Grant, Policy, validate_grant
 from config.settings import (
+    SECRET_FILE_SUFFIX,
     SERVICE_NAME,
     DockerTarget,
     PermissionsConfig,
     RoleGrants,
+    SecretFilesSource,
     Settings,
     _YamlSource,
     docker_host_problem,
+    secret_env_name,
+    secret_settings,
     yaml_error_text,
 )
 
@@ -248,7 +252,7 @@ class _Document:
 
 @dataclass
 class _Source:
-    kind: Literal["flags", "env", "file", "other"]
+    kind: Literal["flags", "env", "file", "secret-files", "other"]
     data: dict[str, Any]
 
 
@@ -276,6 +280,8 @@ class _Checker:
                         return None, self._env_var(path[:n])
                     if src.kind == "flags":
                         return None, "--" + str(path[0]).replace("_", "-")
+                    if src.kind == "secret-files":
+                        return None, secret_env_name(tuple(str(p) for p in path[:n])) + SECRET_FILE_SUFFIX
                     return None, None
         return None, None
 
@@ -363,13 +369,27 @@ class _Checker:
                 self.sources.append(_Source("flags", dict(self.given)))
             elif src is env:
                 self.sources.append(_Source("env", env_data))
+            elif isinstance(src, SecretFilesSource):
+                files, problems = src.read()
+                for path, var, message in problems:
+                    self.result.problems.append(Problem("error", ".".join(path), message, source=var))
+                self.sources.append(_Source("secret-files", files))
             else:
                 self.sources.append(_Source("other", src()))
 
     def _unknown_env_vars(self) -> None:
         fields = set(Settings.model_fields) - {"source_file"}
+        secret_files = {secret_env_name(p) + SECRET_FILE_SUFFIX for p in secret_settings()}
         for name in sorted(os.environ):
             if not name.upper().startswith(ENV_PREFIX.upper()) or name.upper() == ENV_PREFIX + "CONFIG":
+                continue
+            if name.upper() in secret_files:
+                continue
+            if name.upper().endswith(SECRET_FILE_SUFFIX) and name[len(ENV_PREFIX):-len(SECRET_FILE_SUFFIX)].lower() in fields:
+                names = ", ".join(sorted(secret_files))
+                self.result.problems.append(Problem(
+                    "warning", "", f"environment variable {name} is ignored: only secret settings are read from "
+                    f"a file ({names})"))
                 continue
             top = name[len(ENV_PREFIX) :].lower().split(ENV_DELIMITER)[0]
             if top not in fields:
@@ -649,6 +669,11 @@ class _Checker:
                     self.add("warning", ("metrics", "services", svc),
                              f"unknown service {svc!r}" + (f"; did you mean {hint!r}?" if hint else "; it is never used"))
 
+        if m.get("guild_id") in (None, ""):
+            self.add("warning", ("guild_id",), "not set: the bot is bound to no guild, so slash commands sync "
+                     "globally and the `everyone` grants reach any server it is added to; set guild_id to your "
+                     "server's ID (and turn off Public Bot in the Developer Portal)")
+
         ha = m.get("ha")
         if isinstance(ha, dict) and ha.get("enabled") is True:
             url = m.get("database_url")
@@ -669,12 +694,11 @@ class _Checker:
                 self.add("error", path, "looks like a variable placeholder, but the file is not expanded: "
                          f"the literal text would be used; set {_env_name(path)} instead", in_file=True)
             elif secret_key:
-                flag = " or use --token-file" if path == ("discord_token",) else ""
-                self.add("warning", path, f"plaintext secret in the config file: set {_env_name(path)}{flag} instead",
-                         in_file=True)
+                self.add("warning", path, f"plaintext secret in the config file: set {_env_name(path)}"
+                         f"{_file_hint(path)} instead", in_file=True)
             elif isinstance(value, str) and _url_password(text):
-                self.add("warning", path, f"URL with a password in the config file: set {_env_name(path)} instead",
-                         in_file=True)
+                self.add("warning", path, f"URL with a password in the config file: set {_env_name(path)}"
+                         f"{_file_hint(path)} instead", in_file=True)
             elif isinstance(value, str) and DISCORD_TOKEN.search(text):
                 self.add("warning", path, "looks like a Discord token written in the config file: "
                          "set OPSBOT_DISCORD_TOKEN instead", in_file=True)
@@ -900,6 +924,14 @@ def _leaves(data: Any, path: YamlPath = (), stack: frozenset[int] = frozenset())
 def _env_name(path: YamlPath) -> str:
     keys = [str(p).upper() for p in path if not isinstance(p, int)]
     return ENV_PREFIX + ENV_DELIMITER.join(keys)
+
+
+def _file_hint(path: YamlPath) -> str:
+    """`` or OPSBOT_X_FILE`` for a secret setting (each can be read from a file)."""
+    if tuple(str(p) for p in path) not in secret_settings():
+        return ""
+    flag = " or --token-file" if path == ("discord_token",) else ""
+    return f" or {_env_name(path)}{SECRET_FILE_SUFFIX}{flag}"
 
 
 def _url_password(text: str) -> bool:

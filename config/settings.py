@@ -6,8 +6,10 @@ Secrets are :class:`SecretStr` and never printed.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
+import typing
 from datetime import date, time, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -853,7 +855,8 @@ class Settings(BaseSettings):
     command_prefix: str = "!"
     guild_id: int | None = Field(None, description="guild to sync slash commands to (faster than global)")
     data_dir: Path = Path("data")
-    database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite in data_dir")
+    database_url: SecretStr | None = Field(
+        None, description="SQLAlchemy URL; default sqlite in data_dir (a secret: it may hold a password)")
     kubeconfig: Path | None = None
     docker_host: str | None = None
     alertmanager_url: str | None = None
@@ -894,14 +897,28 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # CLI flags arrive as init kwargs and win; then env vars; then the YAML file (also passed
-        # through init, see load_settings, but below env vars).
-        return (init_settings, env_settings, _YamlSource(settings_cls), file_secret_settings)
+        # CLI flags arrive as init kwargs and win; then env vars and OPSBOT_<SECRET>_FILE files
+        # (never both for one setting); then the YAML file (also passed through init, see
+        # load_settings, but below env vars). pydantic-settings' secrets_dir is not used: it
+        # ignores a missing file silently and does not reach nested models.
+        return (init_settings, env_settings, SecretFilesSource(settings_cls), _YamlSource(settings_cls))
+
+    @field_validator("alerts")
+    @classmethod
+    def _no_open_webhook_off_loopback(cls, v: AlertsConfig, info: Any) -> AlertsConfig:
+        listen = info.data.get("webhook_listen")
+        if v.allow_unauthenticated and isinstance(listen, str) and not is_loopback_listen(listen):
+            raise ValueError(
+                f"allow_unauthenticated is refused with webhook_listen {listen}, which is not a loopback "
+                "address: anyone who reaches the port could post alerts; set webhook_token "
+                "(OPSBOT_WEBHOOK_TOKEN or OPSBOT_WEBHOOK_TOKEN_FILE) or listen on 127.0.0.1")
+        return v
 
     @property
     def database(self) -> str:
-        if self.database_url:
-            return self.database_url
+        """The SQLAlchemy URL, password included: hand it to the engine only, never print it."""
+        if self.database_url is not None and self.database_url.get_secret_value():
+            return self.database_url.get_secret_value()
         return f"sqlite:///{(self.data_dir / 'opsbot.db').resolve()}"
 
     def env_order(self) -> list[str]:
@@ -929,6 +946,101 @@ class Settings(BaseSettings):
         return None
 
 
+def is_loopback_listen(listen: str) -> bool:
+    """Whether ``HOST:PORT`` listens on loopback only (127.0.0.0/8, ::1, localhost); a host name
+    other than localhost, 0.0.0.0 or :: is not."""
+    host = listen.rpartition(":")[0].removeprefix("[").removesuffix("]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# --- secrets from files: OPSBOT_<NAME>_FILE (Docker and Kubernetes secrets mount files) ----------
+
+SECRET_FILE_SUFFIX = "_FILE"
+
+
+def secret_settings(model: type[BaseModel] | None = None, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """The path of every :class:`SecretStr` setting, nested models included: ``("webhook_token",)``."""
+    model = model or Settings
+    out: list[tuple[str, ...]] = []
+    for name, f in model.model_fields.items():
+        args = typing.get_args(f.annotation) or (f.annotation,)
+        if SecretStr in args:
+            out.append((*prefix, name))
+            continue
+        for arg in args:
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                out += secret_settings(arg, (*prefix, name))
+    return out
+
+
+def secret_env_name(path: tuple[str, ...]) -> str:
+    """``("github", "webhook_secret")`` -> ``OPSBOT_GITHUB__WEBHOOK_SECRET``."""
+    config = Settings.model_config
+    return str(config.get("env_prefix") or "") + str(config.get("env_nested_delimiter") or "__").join(
+        p.upper() for p in path)
+
+
+def read_secret_file(path: Path | str, what: str) -> str:
+    """The text of a secret file without its trailing newline(s); a clear error when it is missing,
+    unreadable, not UTF-8 or empty."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SecretFileError(f"{what}: {path} does not exist") from None
+    except UnicodeDecodeError:
+        raise SecretFileError(f"{what}: {path} is not UTF-8 text") from None
+    except OSError as e:
+        raise SecretFileError(f"{what}: cannot read {path}: {e.strerror or e}") from None
+    value = text.rstrip("\r\n")
+    if not value:
+        raise SecretFileError(f"{what}: {path} is empty")
+    return value
+
+
+class SecretFilesSource(PydanticBaseSettingsSource):
+    """Every secret setting from the file named by ``OPSBOT_<NAME>_FILE`` (case-insensitive, as the
+    other variables): ``OPSBOT_DISCORD_TOKEN_FILE=/run/secrets/discord_token``."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        return None, field_name, False
+
+    def read(self) -> tuple[dict[str, Any], list[tuple[tuple[str, ...], str, str]]]:
+        """(the values found, nested; the problems as (setting path, variable, message))."""
+        environ = {k.upper(): v for k, v in os.environ.items()}
+        data: dict[str, Any] = {}
+        problems: list[tuple[tuple[str, ...], str, str]] = []
+        for path in secret_settings(self.settings_cls):
+            var = secret_env_name(path)
+            file = environ.get(var + SECRET_FILE_SUFFIX)
+            if file is None:
+                continue
+            try:
+                if var in environ:
+                    raise SecretFileError(f"set, and so is {var}: keep one of them")
+                if not file.strip():
+                    raise SecretFileError("set but empty: name the file that holds the secret")
+                value = read_secret_file(file, "")
+            except SecretFileError as e:
+                problems.append((path, var + SECRET_FILE_SUFFIX, str(e).removeprefix(": ")))
+                continue
+            at = data
+            for key in path[:-1]:
+                at = at.setdefault(key, {})
+            at[path[-1]] = value
+        return data, problems
+
+    def __call__(self) -> dict[str, Any]:
+        data, problems = self.read()
+        if problems:
+            raise SecretFileError("; ".join(f"{var}: {message}" for _, var, message in problems))
+        return data
+
+
 _YAML_PATH: list[Path | None] = [None]
 
 
@@ -950,6 +1062,11 @@ class _YamlSource(PydanticBaseSettingsSource):
 
 class ConfigFileError(Exception):
     """The config file could not be read or is not a mapping."""
+
+
+class SecretFileError(ConfigFileError):
+    """A secret's file (``OPSBOT_<NAME>_FILE``) is missing, unreadable or empty, or both the
+    variable and its file are set. The message names the variable and the path, never the content."""
 
 
 def yaml_error_text(e: yaml.YAMLError) -> str:

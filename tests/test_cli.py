@@ -81,6 +81,51 @@ def test_run_without_token_is_a_clear_error(tmp_path):
     assert "Traceback" not in proc.stdout + proc.stderr
 
 
+def test_a_secret_on_the_command_line_is_refused(tmp_path):
+    for argv in (["--webhook-token", "hunter2-DoNotPrintMe"], ["--webhook-token=hunter2-DoNotPrintMe"]):
+        proc = subprocess.run([sys.executable, "-m", "bot", "run", "--data-dir", str(tmp_path), *argv],
+                              capture_output=True, text=True, timeout=60, env=_env(), cwd=ROOT)
+        assert proc.returncode == 2
+        assert "--webhook-token is not accepted" in proc.stderr
+        assert "OPSBOT_WEBHOOK_TOKEN_FILE=PATH" in proc.stderr
+        assert "DoNotPrintMe" not in proc.stdout + proc.stderr
+    helped = subprocess.run([sys.executable, "-m", "bot", "run", "--help"], capture_output=True, text=True,
+                            timeout=60, env=_env(), cwd=ROOT)
+    assert "--webhook-token" not in helped.stdout and "--token-file" in helped.stdout
+
+
+def test_run_refuses_an_open_webhook_off_loopback(tmp_path):
+    config = tmp_path / "opsbot.yaml"
+    config.write_text("alerts: {allow_unauthenticated: true}\n")
+    env = {**_env(), "OPSBOT_DISCORD_TOKEN": "not-used"}
+    proc = subprocess.run([sys.executable, "-m", "bot", "run", "--config", str(config), "--data-dir", str(tmp_path),
+                           "--webhook-listen", "0.0.0.0:0"],
+                          capture_output=True, text=True, timeout=60, env=env, cwd=ROOT)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "error: alerts (line 1): allow_unauthenticated is refused with webhook_listen 0.0.0.0:0" in proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_run_with_a_missing_secret_file_is_a_clear_error(tmp_path):
+    missing = tmp_path / "nope"
+    env = {**_env(), "OPSBOT_DISCORD_TOKEN_FILE": str(missing)}
+    proc = subprocess.run([sys.executable, "-m", "bot", "run", "--data-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60, env=env, cwd=ROOT)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert f"error: discord_token (from OPSBOT_DISCORD_TOKEN_FILE): {missing} does not exist" in proc.stderr
+    flag = subprocess.run([sys.executable, "-m", "bot", "run", "--data-dir", str(tmp_path), "--token-file", str(missing)],
+                          capture_output=True, text=True, timeout=60, env=_env(), cwd=ROOT)
+    assert flag.returncode == 2, flag.stdout + flag.stderr
+    assert f"opsbot: --token-file: {missing} does not exist" in flag.stderr
+    for out in (proc, flag):
+        assert "Traceback" not in out.stdout + out.stderr
+    demo = subprocess.run([sys.executable, "-m", "bot", "console", "--data-dir", str(tmp_path)], input="",
+                          capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+    assert demo.returncode == 2, demo.stdout + demo.stderr
+    assert f"OPSBOT_DISCORD_TOKEN_FILE: {missing} does not exist" in demo.stderr
+    assert "Traceback" not in demo.stdout + demo.stderr
+
+
 def test_demo_serves_the_page_and_stops_cleanly(tmp_path):
     import re
     import urllib.request

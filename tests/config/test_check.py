@@ -17,9 +17,20 @@ DATA = Path(__file__).parent / "data"
 EXAMPLE = Path(__file__).parents[2] / "config" / "examples" / "opsbot.example.yaml"
 
 
-def _write(tmp_path: Path, text: str) -> Path:
+GUILD = "guild_id: 1063245997672297000\n"
+UNSET_GUILD = ("not set: the bot is bound to no guild, so slash commands sync globally and the `everyone` "
+               "grants reach any server it is added to; set guild_id to your server's ID (and turn off "
+               "Public Bot in the Developer Portal)")
+
+
+def _write(tmp_path: Path, text: str, *, guild: bool = True) -> Path:
+    """The config file; with ``guild`` a guild_id line is added last (unless there is one), since
+    every case but one is about something else (test_an_unset_guild_id_is_warned)."""
     f = tmp_path / "opsbot.yaml"
-    f.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
+    text = textwrap.dedent(text).lstrip("\n")
+    if guild and not re.search(r"^guild_id:", text, re.M):
+        text += ("" if text.endswith("\n") or not text else "\n") + GUILD
+    f.write_text(text, encoding="utf-8")
     return f
 
 
@@ -299,9 +310,11 @@ def test_plaintext_secrets_are_warned_and_never_printed(capsys: pytest.CaptureFi
     problems = out.out.split("\n\n")[0].splitlines()
     assert problems == [
         "warning: discord_token (line 1): plaintext secret in the config file: set OPSBOT_DISCORD_TOKEN "
-        "or use --token-file instead",
-        "warning: webhook_token (line 2): plaintext secret in the config file: set OPSBOT_WEBHOOK_TOKEN instead",
-        "warning: database_url (line 3): URL with a password in the config file: set OPSBOT_DATABASE_URL instead",
+        "or OPSBOT_DISCORD_TOKEN_FILE or --token-file instead",
+        "warning: webhook_token (line 2): plaintext secret in the config file: set OPSBOT_WEBHOOK_TOKEN "
+        "or OPSBOT_WEBHOOK_TOKEN_FILE instead",
+        "warning: database_url (line 3): URL with a password in the config file: set OPSBOT_DATABASE_URL "
+        "or OPSBOT_DATABASE_URL_FILE instead",
         "warning: permissions.roles: no roles: only the 'everyone' grants apply (deny by default)",
     ]
 
@@ -351,7 +364,7 @@ def test_a_secret_in_the_file_is_reported_even_when_the_environment_overrides_it
     result = check(_write(tmp_path, "discord_token: in-the-file-DoNotPrintMe\n" + VALID))
     assert _lines(result) == [
         "warning: discord_token (line 1): plaintext secret in the config file: set OPSBOT_DISCORD_TOKEN "
-        "or use --token-file instead"
+        "or OPSBOT_DISCORD_TOKEN_FILE or --token-file instead"
     ]
     assert result.settings is not None
     assert result.settings.discord_token.get_secret_value() == "from-the-env"  # type: ignore[union-attr]
@@ -421,10 +434,11 @@ def test_opsbot_config_names_the_file(tmp_path: Path, monkeypatch: pytest.Monkey
 def test_no_file_at_all_checks_defaults(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(None) == 0
     out = capsys.readouterr().out
-    assert out.splitlines()[0] == (
-        "warning: services: no services configured: deploy, status and logs have nothing to act on"
-    )
-    assert out.splitlines()[-1] == "check-config: (no config file: defaults and OPSBOT_ variables): 1 warning"
+    assert out.splitlines()[:2] == [
+        "warning: services: no services configured: deploy, status and logs have nothing to act on",
+        f"warning: guild_id: {UNSET_GUILD}",
+    ]
+    assert out.splitlines()[-1] == "check-config: (no config file: defaults and OPSBOT_ variables): 2 warnings"
 
 
 # ----------------------------------------------------------------------------- exit codes
@@ -457,7 +471,7 @@ def test_unreadable_file_says_why(tmp_path: Path) -> None:
 
 
 def test_an_empty_file_is_a_warning(tmp_path: Path) -> None:
-    result = check(_write(tmp_path, "# nothing yet\n"))
+    result = check(_write(tmp_path, "# nothing yet\n", guild=False))
     assert _lines(result)[0] == "warning: the file is empty: only defaults and OPSBOT_ variables apply"
     assert result.exit_code == 0
 
@@ -466,10 +480,12 @@ def test_an_empty_file_is_a_warning(tmp_path: Path) -> None:
 
 
 def test_the_example_passes_without_any_problem(capsys: pytest.CaptureFixture[str]) -> None:
+    # The example is the sandbox world, which names no guild: only that is warned.
     assert main(EXAMPLE) == 0
     out = capsys.readouterr().out
-    assert out.splitlines()[0].startswith("services (5) × envs (dev, staging, prod):")
-    assert out.splitlines()[-1] == f"check-config: {EXAMPLE}: OK"
+    assert out.splitlines()[:2] == [f"warning: guild_id: {UNSET_GUILD}", ""]
+    assert out.splitlines()[2].startswith("services (5) × envs (dev, staging, prod):")
+    assert out.splitlines()[-1] == f"check-config: {EXAMPLE}: 1 warning"
     assert check(EXAMPLE).settings.model_dump() == load_settings(EXAMPLE).model_dump()  # type: ignore[union-attr]
 
 
@@ -526,10 +542,11 @@ def test_report_sections_and_matrix(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     sections = [block.splitlines()[0] for block in out.split("\n\n")]
     assert sections == [
+        f"warning: guild_id: {UNSET_GUILD}",
         "services (5) × envs (dev, staging, prod):",
         "environments (promotion: dev -> staging -> prod):",
         "permissions (✓ every env, env names: only those, · not allowed; deny by default):",
-        f"check-config: {EXAMPLE}: OK",
+        f"check-config: {EXAMPLE}: 1 warning",
     ]
     assert "  chat-gui  prod     k8s sandbox/prod/deploy/chat-gui     registry.local/dgg/chat-gui" in out
     assert re.search(r"^  prod +✓ +0 +900s +✓ +any$", out, re.M)
@@ -577,7 +594,7 @@ def test_partial_summary_when_there_are_errors(capsys: pytest.CaptureFixture[str
 def test_ascii_fallback() -> None:
     text = check(EXAMPLE).render(unicode=False)
     assert text.isascii()
-    assert text.splitlines()[0] == "services (5) x envs (dev, staging, prod):"
+    assert text.splitlines()[2] == "services (5) x envs (dev, staging, prod):"
     assert re.search(r"^  prod +yes +0 +900s +yes +any$", text, re.M)
 
 
