@@ -59,4 +59,5 @@ def test_wrong_names_and_crontabs_are_errors(tmp_path: Path):
 
 def test_the_example_configuration_is_clean():
     result = check(EXAMPLE)
-    assert result.ok and not result.warnings, [str(p) for p in result.warnings]
+    # Only that the sandbox's example names no guild (check-config warns about it everywhere).
+    assert result.ok and [p.path for p in result.warnings] == ["guild_id"], [str(p) for p in result.warnings]

@@ -481,7 +481,10 @@ def test_the_docker_example_config_checks_out(monkeypatch):
     assert [str(p) for p in result.problems] == [
         ("warning: services.chat.envs.dev (line 71): no Docker host is given for this target (and 4 more "
         "docker targets): it uses unix:///var/run/docker.sock; set docker_host (--docker-host, "
-        "OPSBOT_DOCKER_HOST) or the target's host to be sure")]
+        "OPSBOT_DOCKER_HOST) or the target's host to be sure"),
+        ("warning: guild_id: not set: the bot is bound to no guild, so slash commands sync globally and the "
+         "`everyone` grants reach any server it is added to; set guild_id to your server's ID (and turn off "
+         "Public Bot in the Developer Portal)")]
     targets = {svc: s.envs["dev"] for svc, s in result.settings.services.items()}
     assert {svc: t.container for svc, t in targets.items()} == {
         s: f"{s}-dev" for s in ("chat", "chat-gui", "modbot", "auth", "strims")}
@@ -490,7 +493,7 @@ def test_the_docker_example_config_checks_out(monkeypatch):
         f"demo/{s}" for s in ("chat", "chat-gui", "modbot", "auth", "strims")}
     assert {r.name for r in result.settings.permissions.roles} == {"Admin", "Mod", "On-call", "Member"}
     flagged = check(EXAMPLE, docker_host="unix:///run/docker.sock")
-    assert flagged.problems == []
+    assert [p.path for p in flagged.problems] == ["guild_id"]  # an example of the sandbox's guild: none set
     assert "docker container chat-dev on unix:///run/docker.sock" in flagged.render()
 
 
@@ -514,7 +517,7 @@ services:
       dev: {type: docker, container: auth-dev--rev2}
       prod: {namespace: prod, deploymnt: auth}
 """)
-    problems = [str(p) for p in check(path).problems if "permissions" not in p.path]
+    problems = [str(p) for p in check(path).problems if p.path.split(".")[0] not in ("permissions", "guild_id")]
     assert problems == [
         ("error: docker_host (line 1): expected a Docker host URL such as unix:///var/run/docker.sock or "
         "tcp://10.0.0.5:2376 (schemes: unix, tcp, http, https, ssh, npipe)"),
