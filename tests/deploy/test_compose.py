@@ -3,19 +3,18 @@
 The YAML parses and names only files that exist; the bot's config passes check-config; promtool
 and amtool accept the Prometheus and Alertmanager configs; the pieces are wired to each other
 (Alertmanager posts to the bot's service, port and webhook path with the secret the bot reads;
-Prometheus scrapes the bot's /metrics); the entrypoint wrapper turns the secret files into
-variables; and, end to end, the real Alertmanager with the compose config delivers an alert to the
-real bot with the compose config and credentials (hostnames rewritten to 127.0.0.1).
+Prometheus scrapes the bot's /metrics); the bot reads every secret from a mounted file through its
+``OPSBOT_<NAME>_FILE`` variable, with no shell wrapper; and, end to end, the real Alertmanager with
+the compose config delivers an alert to the real bot with the compose config and the compose
+service's secret files (hostnames and /run/secrets rewritten to local ones).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,7 +24,7 @@ import pytest
 import yaml
 
 from config.check import check
-from config.settings import Settings, load_settings
+from config.settings import Settings, load_settings, secret_env_name, secret_settings
 from tests.conftest import require_program
 
 COMPOSE_DIR = Path(__file__).parents[2] / "deploy" / "compose"
@@ -62,6 +61,12 @@ def _secret_target(entry: str | dict[str, Any]) -> tuple[str, str]:
 def _secrets(service: dict[str, Any]) -> dict[str, str]:
     """container path -> secret name."""
     return {path: source for source, path in map(_secret_target, service.get("secrets", []))}
+
+
+def _secret_files(service: dict[str, Any], secrets_dir: Path) -> dict[str, str]:
+    """The service's OPSBOT_*_FILE variables with /run/secrets moved to ``secrets_dir``."""
+    return {k: v.replace("/run/secrets", str(secrets_dir)) for k, v in service.get("environment", {}).items()
+            if k.endswith("_FILE")}
 
 
 def _bind_mounts(service: dict[str, Any]) -> dict[str, str]:
@@ -146,13 +151,16 @@ def test_alertmanager_config_passes_amtool():
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_ha_settings_are_real_settings(monkeypatch):
-    if "ha" not in Settings.model_fields:
-        pytest.skip("this opsbot has no HA settings (config.settings.HAConfig) yet")
-    env = _yaml("compose.ha.yaml")["services"][BOT]["environment"]
-    for k, v in env.items():
+def test_ha_settings_are_real_settings(monkeypatch, tmp_path):
+    assert "ha" in Settings.model_fields
+    service = _yaml("compose.ha.yaml")["services"][BOT]
+    for k, v in service["environment"].items():
         monkeypatch.setenv(k, v)
-    monkeypatch.setenv("OPSBOT_DATABASE_URL", (COMPOSE_DIR / "secrets" / "database_url.example").read_text())
+    # The database URL from its secret file, as the container sees it (the example's content).
+    for k, v in _secret_files(service, tmp_path).items():
+        monkeypatch.setenv(k, v)
+        Path(v).write_text((COMPOSE_DIR / "secrets" / f"{Path(v).name}.example").read_text())
+    assert "OPSBOT_DATABASE_URL_FILE" in service["environment"]
     result = check(COMPOSE_DIR / "opsbot.yaml")
     assert not result.errors, result.render()
     assert not [p for p in result.warnings if "environment variable" in p.message], result.render()
@@ -177,8 +185,9 @@ def test_alertmanager_posts_to_the_bots_webhook_with_the_bots_secret(compose, bo
     assert auth.get("type", "Bearer") == "Bearer"
     am_secrets = _secrets(compose["services"]["alertmanager"])
     token_secret = am_secrets[auth["credentials_file"]]
-    # The bot reads the same secret file as OPSBOT_WEBHOOK_TOKEN (the entrypoint exports it).
-    assert _secrets(compose["services"][BOT]).get("/run/secrets/OPSBOT_WEBHOOK_TOKEN") == token_secret
+    # The bot reads the same secret's file through OPSBOT_WEBHOOK_TOKEN_FILE.
+    bot = compose["services"][BOT]
+    assert _secrets(bot)[bot["environment"]["OPSBOT_WEBHOOK_TOKEN_FILE"]] == token_secret
     assert not bot_settings.alerts.allow_unauthenticated
 
 
@@ -205,7 +214,7 @@ def test_the_bot_service_matches_its_config(compose, bot_settings):
     config_path = bot["command"][bot["command"].index("--config") + 1]
     assert mounts[config_path] == "./opsbot.yaml"
     secrets = _secrets(bot)
-    assert secrets[bot["command"][bot["command"].index("--token-file") + 1]] == "discord_token"
+    assert secrets[bot["environment"]["OPSBOT_DISCORD_TOKEN_FILE"]] == "discord_token"
     assert secrets[str(bot_settings.kubeconfig)] == "kubeconfig"
     # The environment wins over the file: it must say the same, and the healthcheck must ask that port.
     assert bot["environment"]["OPSBOT_WEBHOOK_LISTEN"] == bot_settings.webhook_listen
@@ -213,39 +222,45 @@ def test_the_bot_service_matches_its_config(compose, bot_settings):
     assert bot["environment"]["OPSBOT_DATA_DIR"] == str(bot_settings.data_dir) == "/data"
 
 
-SHOW = "import json, os, sys; print(json.dumps([sys.argv[1:], {k: v for k, v in os.environ.items() if k.startswith('OPSBOT_')}]))"
+def test_the_bot_reads_every_secret_from_its_mounted_file(compose, tmp_path, monkeypatch):
+    ha = _yaml("compose.ha.yaml")["services"][BOT]
+    bot = compose["services"][BOT]
+    # The image's own entrypoint (python is PID 1): no shell wrapper that exports secrets.
+    assert "entrypoint" not in bot and "entrypoint" not in ha
+    secret_vars = {secret_env_name(p) for p in secret_settings()}
+    for service in (bot, ha):
+        env = service["environment"]
+        # No secret in the environment or on the command line, only the names of files.
+        assert not secret_vars & set(env), "a secret as a plain variable"
+        assert not any("token" in str(arg).lower() for arg in service.get("command", [])), service.get("command")
+        files = {k: v for k, v in env.items() if k.endswith("_FILE")}
+        assert files and set(files) <= {v + "_FILE" for v in secret_vars}
+        mounted = {**_secrets(bot), **_secrets(service)}
+        for var, path in files.items():
+            assert path in mounted, f"{var}={path} is not a mounted secret"
+    assert {"OPSBOT_DISCORD_TOKEN_FILE", "OPSBOT_WEBHOOK_TOKEN_FILE"} <= set(bot["environment"])
+    assert "OPSBOT_DATABASE_URL_FILE" in ha["environment"]
 
-
-def _wrapper(compose: dict[str, Any], secrets_dir: Path, program: str) -> list[str]:
-    """The bot's entrypoint as compose runs it ($$ is a literal $), with /run/secrets moved to a
-    test directory and ``program`` instead of opsbot."""
-    entry = [e.replace("$$", "$") for e in compose["services"][BOT]["entrypoint"]]
-    entry = [e.replace("/run/secrets", str(secrets_dir)).replace("exec /opt/opsbot/bin/opsbot", f"exec {program}")
-             for e in entry]
-    return entry + compose["services"][BOT]["command"]
-
-
-def test_entrypoint_exports_the_secret_files_and_execs_with_the_arguments(compose, tmp_path):
-    (tmp_path / "OPSBOT_WEBHOOK_TOKEN").write_text("s3cret-token\n")
-    (tmp_path / "OPSBOT_DATABASE_URL").write_text("")  # empty: not exported (SQLite stays)
-    (tmp_path / "discord_token").write_text("not-exported")
-    show = tmp_path / "show.py"
-    show.write_text(SHOW)
-    proc = subprocess.run(_wrapper(compose, tmp_path, f"{sys.executable} {show}"), capture_output=True, text=True,
-                          timeout=30, check=False, env={"PATH": os.environ["PATH"]})
-    assert proc.returncode == 0, proc.stderr
-    argv, env = json.loads(proc.stdout)
-    assert argv == compose["services"][BOT]["command"]
-    assert env == {"OPSBOT_WEBHOOK_TOKEN": "s3cret-token"}, "only non-empty OPSBOT_* files, newline stripped"
-    entry = compose["services"][BOT]["entrypoint"]
-    assert entry[0] == "/bin/sh" and 'exec /opt/opsbot/bin/opsbot "$$@"' in entry[2], "exec: python stays PID 1"
+    # What the bot gets from those files, as the container would (trailing newline stripped).
+    (tmp_path / "discord_token").write_text("discord-s3cret\n")
+    (tmp_path / "webhook_token").write_text("webhook-s3cret\n")
+    for k, v in _secret_files(bot, tmp_path).items():
+        monkeypatch.setenv(k, v)
+    settings = load_settings(COMPOSE_DIR / "opsbot.yaml")
+    assert settings.discord_token is not None and settings.discord_token.get_secret_value() == "discord-s3cret"
+    assert settings.webhook_token is not None and settings.webhook_token.get_secret_value() == "webhook-s3cret"
+    # A secret file that is not there stops it with a clear error (compose would not even start it).
+    (tmp_path / "webhook_token").unlink()
+    result = check(COMPOSE_DIR / "opsbot.yaml")
+    assert [str(p) for p in result.errors] == [
+        f"error: webhook_token (from OPSBOT_WEBHOOK_TOKEN_FILE): {tmp_path / 'webhook_token'} does not exist"]
 
 
 # ------------------------------------------------------------------------------- end to end
 
 
 @pytest.mark.integration
-async def test_an_alert_reaches_the_bot_through_the_compose_alertmanager_config(tmp_path):
+async def test_an_alert_reaches_the_bot_through_the_compose_alertmanager_config(tmp_path, monkeypatch):
     from bot.world import open_world
     from tests.alerts.conftest import alertmanager_binary, am_alert, free_port, start_alertmanager, stop_alertmanager
     from tests.bot.helpers import embed_text
@@ -256,7 +271,11 @@ async def test_an_alert_reaches_the_bot_through_the_compose_alertmanager_config(
     token = "compose-e2e-" + os.urandom(8).hex()
     secret = tmp_path / "secrets" / "webhook_token"
     secret.parent.mkdir()
-    secret.write_text(token)
+    secret.write_text(token + "\n")
+    (tmp_path / "secrets" / "discord_token").write_text("not-used-by-the-simulated-discord")
+    # The bot finds its secrets as the compose service says (OPSBOT_*_FILE), in the same directory.
+    for k, v in _secret_files(_yaml("compose.yaml")["services"][BOT], secret.parent).items():
+        monkeypatch.setenv(k, v)
     # The compose file itself, with compose's names made local: the bot's host and port, the
     # secret's path, and group_wait shortened (30 s is right in production, slow in a test).
     config = (COMPOSE_DIR / "alertmanager.yml").read_text(encoding="utf-8")
@@ -270,10 +289,12 @@ async def test_an_alert_reaches_the_bot_through_the_compose_alertmanager_config(
     def local(s: Settings) -> None:  # no cluster or Prometheus in the test: the sandbox instead
         s.kubeconfig = None
         s.prometheus_url = None
+        s.guild_id = None  # the simulated guild is not the placeholder
+        assert s.webhook_token is not None and s.webhook_token.get_secret_value() == token  # from the file
 
     try:
         async with open_world(config=COMPOSE_DIR / "opsbot.yaml", data_dir=tmp_path / "data", clock_context=False,
-                              serve_http=True, webhook_listen=f"127.0.0.1:{port}", webhook_token=token,
+                              serve_http=True, webhook_listen=f"127.0.0.1:{port}",
                               alertmanager_url=am.url, tweak=local) as world:
             async with aiohttp.ClientSession() as http:  # without the secret: refused
                 async with http.post(f"http://127.0.0.1:{port}{settings.alerts.webhook_path}", json={}) as r:
