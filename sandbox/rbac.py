@@ -65,9 +65,11 @@ def classify(method: str, path: str, query: str | Mapping[str, str], user: str =
 
     ``/api/v1/namespaces/prod/pods/x/log`` → get, "", pods, log, prod, x. A GET without a name is
     ``list`` (``watch`` with ``?watch=true``), a DELETE without one ``deletecollection``; a list or
-    watch with ``fieldSelector=metadata.name=x`` carries the name ``x``, so resourceNames rules
-    apply to it. Anything not under /api/VERSION/… or /apis/GROUP/VERSION/… is a non-resource
-    request (verb: the lowercased method).
+    watch (only those: a deletecollection stays nameless) with ``fieldSelector=metadata.name=x``
+    carries the name ``x``, so resourceNames rules apply to it, as kube-apiserver's
+    ``RequestInfoFactory`` does (``FieldSelector.RequiresExactMatch("metadata.name")`` for a GET
+    without a name, the name kept only when it is a valid path segment). Anything not under
+    /api/VERSION/… or /apis/GROUP/VERSION/… is a non-resource request (verb: the lowercased method).
     """
     params = parse_qs(query) if isinstance(query, str) else {k: [v] for k, v in query.items()}
     parts = [p for p in path.split("/") if p]
@@ -90,10 +92,9 @@ def classify(method: str, path: str, query: str | Mapping[str, str], user: str =
     if not name:
         if verb == "get":
             verb = "watch" if _truthy(params.get("watch")) else "list"
+            name = _name_from_field_selector(params.get("fieldSelector"))
         elif verb == "delete":
             verb = "deletecollection"
-    if verb in ("list", "watch", "deletecollection") and not name:
-        name = _name_from_field_selector(params.get("fieldSelector"))
     return RequestAttributes(user=user, verb=verb, path=path, resource_request=True,
                              api_group=group, resource=resource, subresource=subresource,
                              namespace=namespace, name=name)
@@ -107,7 +108,9 @@ def _name_from_field_selector(values: list[str] | None) -> str:
     for requirement in (values[0] if values else "").split(","):
         m = re.fullmatch(r"\s*metadata\.name\s*(?:==|=)\s*(\S*)\s*", requirement)
         if m:
-            return m.group(1)
+            name = m.group(1)
+            # apimachinery's path.IsValidPathSegmentName: not "." or "..", no "/" or "%"
+            return "" if name in (".", "..") or "/" in name or "%" in name else name
     return ""
 
 

@@ -4,6 +4,7 @@ hardened, its Secret and ConfigMap references exist, and the bot's config passes
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from tests.conftest import require_program
 DEPLOY = Path(__file__).parents[2] / "deploy" / "kubernetes"
 CONFIG = DEPLOY / "config" / "opsbot.yaml"
 NOT_MANIFESTS = {"kustomization.yaml", "opsbot.yaml"}
+# Applied on its own: `kubectl delete -k` must never delete the namespaces of the workloads.
+APPLIED_ALONE = {"target-namespaces.yaml"}
 
 
 def _documents() -> list[tuple[str, dict[str, Any]]]:
@@ -50,7 +53,7 @@ def test_every_document_names_its_api_version_kind_and_name() -> None:
 
 def test_kustomization_lists_every_manifest() -> None:
     kustomization = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())
-    files = {p.name for p in DEPLOY.glob("*.yaml")} - NOT_MANIFESTS
+    files = {p.name for p in DEPLOY.glob("*.yaml")} - NOT_MANIFESTS - APPLIED_ALONE
     assert set(kustomization["resources"]) == files
     generated = kustomization["configMapGenerator"][0]
     assert generated["name"] == "opsbot-config"
@@ -116,7 +119,7 @@ def test_the_config_passes_check_config(monkeypatch: pytest.MonkeyPatch) -> None
             monkeypatch.delenv(name)
     # As the pod sees it: with the environment the Deployment gives it (values from its Secret).
     deployment = next(doc for _, doc in _documents() if doc["kind"] == "Deployment")
-    secret_values = {"database-url": "postgresql+psycopg://opsbot:secret@postgres.opsbot:5432/opsbot"}
+    secret_values = {"database-url": "postgresql+psycopg://opsbot:secret@postgres.db:5432/opsbot"}
     for var in deployment["spec"]["template"]["spec"]["containers"][0].get("env", []):
         if var["name"].startswith("OPSBOT_"):
             ref = (var.get("valueFrom") or {}).get("secretKeyRef")
@@ -151,3 +154,41 @@ def test_kustomize_renders_the_config_map_the_deployment_mounts() -> None:
     volumes = deployment["spec"]["template"]["spec"]["volumes"]
     assert {"name": "config", "configMap": {"name": name}} in volumes
     assert config_map["data"]["opsbot.yaml"] == CONFIG.read_text()
+
+
+def _managed_namespaces() -> set[str]:
+    from config.settings import load_settings
+
+    settings = load_settings(CONFIG)
+    return {t.namespace for svc in settings.services.values() for t in svc.envs.values()
+            if isinstance(t, KubernetesTarget)}
+
+
+def test_every_managed_namespace_enforces_the_restricted_pod_security_standard() -> None:
+    namespaces = {doc["metadata"]["name"]: doc["metadata"].get("labels", {})
+                  for file, doc in _documents() if doc["kind"] == "Namespace"}
+    managed = _managed_namespaces()
+    assert managed and set(namespaces) == managed | {"opsbot"}
+    for name, labels in namespaces.items():
+        assert labels.get("pod-security.kubernetes.io/enforce") == "restricted", name
+        assert labels.get("pod-security.kubernetes.io/enforce-version") == "latest", name
+    targets = [doc for file, doc in _documents() if file == "target-namespaces.yaml"]
+    assert {d["metadata"]["name"] for d in targets} == managed
+
+
+def test_egress_to_the_database_and_the_api_server_is_narrowed() -> None:
+    egress = _one("NetworkPolicy")["spec"]["egress"]
+    for rule in egress:
+        ports = {p["port"] for p in rule["ports"]}
+        if not rule.get("to"):
+            assert ports == {443}, f"open to any address: {ports}"  # Discord's addresses are not fixed
+    by_port = {p["port"]: rule for rule in egress for p in rule["ports"]}
+    (api,) = by_port[6443]["to"]
+    assert set(api) == {"ipBlock"} and api["ipBlock"]["cidr"].endswith("/32")
+    (db,) = by_port[5432]["to"]
+    assert db["podSelector"]["matchLabels"]
+    # The namespace is the one of the database URL the README tells you to put in the Secret.
+    readme = (DEPLOY / "README.md").read_text()
+    host = re.search(r"database-url='postgresql\+psycopg://[^@]+@([^:/]+):5432/", readme)
+    assert host, "README.md shows no database-url"
+    assert db["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": host.group(1).split(".")[1]}
