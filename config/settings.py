@@ -985,20 +985,21 @@ def secret_env_name(path: tuple[str, ...]) -> str:
         p.upper() for p in path)
 
 
-def read_secret_file(path: Path | str, what: str) -> str:
-    """The text of a secret file without its trailing newline(s); a clear error when it is missing,
-    unreadable, not UTF-8 or empty."""
+def read_secret_file(path: Path | str, what: str = "") -> str:
+    """The text of a secret file without its trailing newline(s); a clear error (``what: …``) when
+    it is missing, unreadable, not UTF-8 or empty."""
+    where = f"{what}: " if what else ""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise SecretFileError(f"{what}: {path} does not exist") from None
+        raise SecretFileError(f"{where}{path} does not exist") from None
     except UnicodeDecodeError:
-        raise SecretFileError(f"{what}: {path} is not UTF-8 text") from None
+        raise SecretFileError(f"{where}{path} is not UTF-8 text") from None
     except OSError as e:
-        raise SecretFileError(f"{what}: cannot read {path}: {e.strerror or e}") from None
+        raise SecretFileError(f"{where}cannot read {path}: {e.strerror or e}") from None
     value = text.rstrip("\r\n")
     if not value:
-        raise SecretFileError(f"{what}: {path} is empty")
+        raise SecretFileError(f"{where}{path} is empty")
     return value
 
 
@@ -1024,9 +1025,9 @@ class SecretFilesSource(PydanticBaseSettingsSource):
                     raise SecretFileError(f"set, and so is {var}: keep one of them")
                 if not file.strip():
                     raise SecretFileError("set but empty: name the file that holds the secret")
-                value = read_secret_file(file, "")
+                value = read_secret_file(file)
             except SecretFileError as e:
-                problems.append((path, var + SECRET_FILE_SUFFIX, str(e).removeprefix(": ")))
+                problems.append((path, var + SECRET_FILE_SUFFIX, str(e)))
                 continue
             at = data
             for key in path[:-1]:
