@@ -162,6 +162,11 @@ class Deploy(commands.Cog):
         plan = Plan.model_validate(request.payload["plan"])
         invoker = await member_of(interaction, request.invoker_id)
         if invoker is None or not member_allows(self.app, invoker, plan.kind, plan.env, plan.service):
+            await self.app.audit.record(user_id=request.invoker_id, user_name=request.invoker_name, action=plan.kind,
+                                        service=plan.service, env=plan.env, result="denied",
+                                        args={"version": plan.to_version, "revision": plan.revision},
+                                        detail="the grant was gone at the Confirm press",
+                                        channel=request.payload.get("channel"))
             return (f"🚫 {request.invoker_name} no longer holds the `{plan.kind}:{plan.env}` grant for "
                     f"`{plan.service}`; nothing was started.")
         try:

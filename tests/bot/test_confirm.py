@@ -108,6 +108,8 @@ async def test_an_invoker_who_lost_the_grant_cannot_confirm(world: World) -> Non
     assert pressed.response.content.startswith("🚫 mod no longer holds the `deploy:prod` grant for `auth`")
     await world.app.supervisor.join(timeout=30)
     assert image_of(world, "auth", "prod").endswith(":v1.4.0")
+    (record,) = await world.app.audit.query(action="deploy")
+    assert (record.result, record.user_name, record.env) == ("denied", "mod", "prod")
 
 
 async def test_an_approver_who_lost_the_role_no_longer_counts(world: World) -> None:
