@@ -315,8 +315,8 @@ class _PendingButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
         if _app(interaction).draining and self.verb != "cancel":
-            await _say(interaction, "🔁 The bot is restarting and starts nothing new; run the command again "
-                                    "in a few seconds.")
+            await _say(interaction, "🔁 The bot is restarting and starts nothing new; the request stays pending "
+                                    "until it expires: press again in a few seconds.")
             return False
         return True
 
