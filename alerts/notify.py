@@ -88,8 +88,9 @@ class FindsRecent(Protocol):
     not doubled."""
 
     async def find_recent(self, channel: str, *, content: str | None = None, contains: str | None = None,
-                          with_embeds: bool = False, limit: int = 50) -> str | None:
+                          with_embeds: bool = False, limit: int = 50, thread_of: str | None = None) -> str | None:
         """The ID of the newest of the bot's last ``limit`` messages whose content equals ``content``
-        (or contains ``contains``), and has embeds if ``with_embeds``; None if there is none."""
+        (or contains ``contains``), and has embeds if ``with_embeds``; None if there is none.
+        ``thread_of``: look in the thread under that message instead (None if it has none)."""
         ...
 

@@ -15,7 +15,9 @@ exception counts as retryable.
 Restarts: the created message's ID is stored the moment ``send`` returns (shielded from
 cancellation), and a create is marked in flight before it starts, so after a restart a sender
 edits the stored message instead of posting a second one. A create cut off by a crash is retried
-with the same ``nonce``, which lets Discord drop the duplicate.
+with the same ``nonce``, which lets Discord drop the duplicate. Notices and timeline posts are
+marked in flight too; one whose outcome is unknown is looked for in chat (the channel, or the
+incident's thread) before it is posted again.
 """
 
 from __future__ import annotations
@@ -300,7 +302,20 @@ class Outbox:
 
     async def _timeline(self, work: TimelineWork) -> None:
         text = self._render_timeline(work)
+        if work.in_flight_text is not None:
+            # A post of these entries was started and never recorded (a crash, a timeout): chat may show it.
+            looked, posted = await self._find_recent(work.channel, content=work.in_flight_text,
+                                                     thread_of=work.message_id)
+            if not looked:
+                return  # stays interrupted: looked at again after the pause
+            if posted is not None:
+                log.warning("incident #%s: its timeline post in %s was made before a crash; not posting it again",
+                            work.incident_id, work.channel)
+                await self._persist(self._store.timeline_posted, work.delivery_id, work.entry_ids, None)
+                self.stats["adopted"] += 1
+                return
         try:
+            await self._db_run(self._store.timeline_started, work.delivery_id, work.entry_ids, text)
             self._admit(work.channel)
             thread_id = await self._notifier.thread_post(work.channel, work.message_id, work.thread_name, text)
             await self._persist(self._store.timeline_posted, work.delivery_id, work.entry_ids, thread_id)
@@ -321,9 +336,11 @@ class Outbox:
         except asyncio.CancelledError:
             raise
         except Exception:
+            # Not chat's answer (a timeout, a bug): the post may have gone through. The mark stays,
+            # so the next try looks in the thread first.
             self.stats["failed"] += 1
             log.exception("incident #%s: posting its timeline failed", work.incident_id)
-            await self._db_run(self._store.timeline_failed, work.delivery_id, self._backoff(2, None))
+            await self._db_run(self._store.timeline_failed, work.delivery_id, self._backoff(2, None), False)
 
     async def _find_recent(self, channel: str, **what: Any) -> tuple[bool, str | None]:
         """Ask the notifier whether chat shows a post already (``alerts.notify.FindsRecent``):

@@ -195,9 +195,23 @@ class NoticeRow(Base):
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
+class TimelinePostRow(Base):
+    """A timeline post under way: chat may show it although the entries are not marked posted (a
+    crash between the post and the record). The next sender looks in the thread for ``text``
+    before posting those entries again."""
+
+    __tablename__ = "alert_timeline_posts"
+
+    delivery_id: Mapped[int] = mapped_column(ForeignKey("alert_deliveries.id", ondelete="CASCADE"), primary_key=True)
+    entry_ids: Mapped[str] = mapped_column(Text)  # JSON list of alert_timeline IDs
+    text: Mapped[str] = mapped_column(Text)  # exactly what was sent
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 TABLES: list[Table] = [
     IncidentRow.__table__, AlertRow.__table__, TimelineRow.__table__,  # type: ignore[list-item]
     ReceiptRow.__table__, DeliveryRow.__table__, NoticeRow.__table__,  # type: ignore[list-item]
+    TimelinePostRow.__table__,  # type: ignore[list-item]
 ]
 
 
@@ -230,6 +244,8 @@ class TimelineWork:
     thread_name: str
     entries: tuple[TimelineEntry, ...]
     entry_ids: tuple[int, ...]
+    # A post of these entries was started before and never recorded (a crash?): what it said.
+    in_flight_text: str | None = None
 
 
 @dataclass(frozen=True)
@@ -980,8 +996,14 @@ class AlertStore:
             .order_by(TimelineRow.id)
         ).all()
         picked: list[TimelineRow] = []
+        in_flight = session.get(TimelinePostRow, d.id)
+        if in_flight is not None:  # the same batch again, so that the look can recognise it
+            ids = set(_loads(in_flight.entry_ids) or ())
+            picked = [r for r in rows if r.id in ids]
+            if not picked:
+                in_flight = None
         size = 0
-        for r in rows:
+        for r in rows if not picked else ():
             line = len(r.text) + 12
             if picked and size + line > self.options.timeline_batch_chars:
                 break
@@ -995,6 +1017,7 @@ class AlertStore:
             thread_name=f"#{inc.id} {inc.title}"[:100],
             entries=tuple(TimelineEntry(at=r.at, kind=r.kind, text=r.text) for r in picked),
             entry_ids=tuple(r.id for r in picked),
+            in_flight_text=in_flight.text if in_flight is not None else None,
         )
 
     def create_started(self, delivery_id: int) -> None:
@@ -1048,14 +1071,25 @@ class AlertStore:
         """The message was deleted in chat: the next send creates a new one."""
         with self._writing() as session:
             d = session.get(DeliveryRow, delivery_id)
+            session.execute(delete(TimelinePostRow).where(TimelinePostRow.delivery_id == delivery_id))
             if d is not None:
                 d.message_id, d.thread_id, d.create_started_at = None, None, None
                 d.pending = True
                 d.next_attempt_at = None
 
+    def timeline_started(self, delivery_id: int, entry_ids: Iterable[int], text_: str) -> None:
+        """Mark a timeline post as under way before calling chat (seen after a crash)."""
+        with self._writing() as session:
+            row = session.get(TimelinePostRow, delivery_id)
+            if row is None:
+                row = TimelinePostRow(delivery_id=delivery_id)
+                session.add(row)
+            row.entry_ids, row.text, row.started_at = json.dumps(list(entry_ids)), text_, self._clock()
+
     def timeline_posted(self, delivery_id: int, entry_ids: Iterable[int], thread_id: str | None) -> None:
         ids = list(entry_ids)
         with self._writing() as session:
+            session.execute(delete(TimelinePostRow).where(TimelinePostRow.delivery_id == delivery_id))
             for i in range(0, len(ids), _CHUNK):
                 for r in session.scalars(select(TimelineRow).where(TimelineRow.id.in_(ids[i : i + _CHUNK]))):
                     r.posted = True
@@ -1065,8 +1099,12 @@ class AlertStore:
                     d.thread_id = thread_id[:64]
                 d.attempts, d.next_attempt_at = 0, None
 
-    def timeline_failed(self, delivery_id: int, delay: float) -> None:
+    def timeline_failed(self, delivery_id: int, delay: float, definite: bool = True) -> None:
+        """A timeline post failed: retry after ``delay``. ``definite``: chat said no, so nothing was
+        posted; otherwise (a timeout) it may have been, and the next try looks first."""
         with self._writing() as session:
+            if definite:
+                session.execute(delete(TimelinePostRow).where(TimelinePostRow.delivery_id == delivery_id))
             d = session.get(DeliveryRow, delivery_id)
             if d is not None:
                 d.attempts += 1

@@ -21,7 +21,8 @@ from bot.world import World, open_world
 CONTROL_HELP = """console control lines:
   /as USER                 speak as USER (admin, mod, oncall, member, guest)
   /channel NAME            move to channel NAME (ops, alerts, deploys)
-  /click LABEL [MSG_ID]    click the button LABEL on the newest bot message that has it (or MSG_ID)
+  /click LABEL [MSG_ID]    click the button LABEL on the newest bot message here that has it,
+                           or on message MSG_ID in any channel or thread you can see
   /slash NAME key=value …  run a slash command with options
   /wait SECONDS            let time pass (background work keeps printing)
   /quit                    leave (so does end of input)
@@ -36,6 +37,11 @@ def _embed_json(e: dict[str, Any]) -> dict[str, Any]:
         "fields": [{"name": f.get("name"), "value": f.get("value")} for f in e.get("fields", [])],
         "footer": (e.get("footer") or {}).get("text"),
     }
+
+
+def _labels(message: Any) -> list[str]:
+    return [c.label for row in message.components for c in getattr(row, "children", [row])
+            if getattr(c, "label", None)]
 
 
 def _buttons(components: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -197,24 +203,50 @@ class Console:
         await asyncio.sleep(seconds)
 
     async def _click(self, args: list[str]) -> None:
-        if not args:
+        if not args or len(args) > 2:
             raise ValueError("usage: /click LABEL [MESSAGE_ID]")
-        label, msg_id = args[0], (int(args[1]) if len(args) > 1 else None)
-        bot_id = self.world.bot.user.id
-        target = None
-        for message in reversed(self.channel.history(viewer=self.user)):
-            if msg_id is not None and message.id != msg_id:
-                continue
-            if message.author.id != bot_id:
-                continue
-            labels = [c.label for row in message.components for c in getattr(row, "children", [row])]
-            if label in labels:
-                target = message
-                break
-        if target is None:
-            raise ValueError(f"no bot message with a button {label!r} in #{self.channel.name}")
+        label = args[0]
+        if len(args) == 2:
+            if not args[1].isdigit():
+                raise ValueError(f"{args[1]!r} is not a message ID (the number after · in the output)")
+            target = self._message_by_id(int(args[1]), label)
+        else:
+            target = self._newest_with_button(label)
         result = await self.user.click(target, label=label)
         self._print_interaction(result)
+
+    def _newest_with_button(self, label: str) -> Any:
+        """The newest bot message in the current channel that has a button ``label``."""
+        bot_id = self.world.bot.user.id
+        for message in reversed(self.channel.history(viewer=self.user)):
+            if message.author.id == bot_id and label in _labels(message):
+                return message
+        raise ValueError(f"no bot message with a button {label!r} in #{self.channel.name}; "
+                         "give its ID (/click LABEL MESSAGE_ID) to click one in another channel")
+
+    def _message_by_id(self, message_id: int, label: str) -> Any:
+        """Message ``message_id`` in any channel or thread the current user can see."""
+        from simcord.backend.access import channel_accessible
+        from simcord.results import to_discord_message
+
+        backend = self.world.env.backend
+        viewer = self.user.id
+        for channel_id, messages in list(backend.messages.items()):
+            stored = messages.get(message_id)
+            if stored is None:
+                continue
+            if not (channel_accessible(backend, channel_id, viewer, history=True) and stored.visible_to(viewer)):
+                break  # it exists, but not for this user: the same answer as a miss
+            message = to_discord_message(self.world.env, stored)
+            labels = _labels(message)
+            if label not in labels:
+                where = getattr(message.channel, "name", None) or channel_id
+                raise ValueError(f"message {message_id} in #{where} has no button {label!r}"
+                                 + (f"; its buttons: {', '.join(map(repr, labels))}" if labels else
+                                    "; it has no buttons"))
+            return message
+        raise ValueError(f"no message {message_id} that {self.user_name} can see in any channel or thread; "
+                         "check the ID (the number after · in the output), or /as a user who can see it")
 
     async def _slash(self, args: list[str]) -> None:
         if not args:

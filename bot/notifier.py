@@ -145,18 +145,28 @@ class DiscordNotifier:
         return str(thread.id)
 
     async def find_recent(self, channel: str, *, content: str | None = None, contains: str | None = None,
-                          with_embeds: bool = False, limit: int = 50) -> str | None:
-        """The newest of the bot's last ``limit`` messages that matches (alerts.notify.FindsRecent)."""
-        target = self._channel(channel)
+                          with_embeds: bool = False, limit: int = 50, thread_of: str | None = None) -> str | None:
+        """The newest of the bot's last ``limit`` messages that matches (alerts.notify.FindsRecent);
+        with ``thread_of``, in the thread under that message (None when it has no thread)."""
+        target: discord.abc.Messageable = self._channel(channel)
         me = self.bot.user
         try:
+            if thread_of is not None:
+                parent = target
+                thread = parent.guild.get_thread(int(thread_of))  # type: ignore[attr-defined]
+                if thread is None:
+                    try:
+                        thread = await parent.guild.fetch_channel(int(thread_of))  # type: ignore[attr-defined]
+                    except discord.NotFound:
+                        return None  # no thread: nothing was posted in it
+                target = thread
             async for m in target.history(limit=limit):
                 if me is None or m.author.id != me.id or (with_embeds and not m.embeds):
                     continue
                 if (content is not None and m.content == content) or (contains is not None and contains in m.content):
                     return str(m.id)
         except discord.HTTPException as e:
-            raise _error(e, f"history of #{target.name}") from e
+            raise _error(e, f"history of #{getattr(target, 'name', channel)}") from e
         return None
 
     async def send_dm(self, user_id: int, message: OutMessage) -> None:

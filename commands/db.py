@@ -1,6 +1,6 @@
 """The database: one SQLAlchemy engine, one declarative ``Base`` for every table.
 
-Tables (audit, incidents, locks, outbox, scheduler jobs) subclass :class:`Base`; import their
+Tables (audit, incidents, locks, outbox, scheduler jobs, pending confirmations) subclass :class:`Base`; import their
 modules before :meth:`Database.create_all` so they are registered on ``Base.metadata``.
 
 All work here is blocking. Async code calls it through :meth:`Database.run`, which runs it in a
@@ -18,7 +18,22 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar, TypeVarTuple
 
-from sqlalchemy import DateTime, Engine, MetaData, String, create_engine, delete, event, false, make_url, text
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Engine,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    create_engine,
+    delete,
+    event,
+    false,
+    make_url,
+    text,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.pool import StaticPool
@@ -77,6 +92,36 @@ class MutexRow(Base):
     __tablename__ = "db_mutexes"
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+
+class PendingConfirmationRow(Base):
+    """A command waiting for its invoker's Confirm (and maybe approvals by others): bot/views.py.
+
+    In the database, not in memory, so that a press after a restart or on the next leader is
+    honoured within its expiry, and at most once (a press changes a row under
+    :meth:`Database.exclusive`). ``payload`` holds everything needed to run the command then (the
+    full plan, as JSON); ``approvals`` the approvers as ``[[user_id, name], …]`` (IDs count, names
+    are for display). ``state``: pending, started, cancelled, expired."""
+
+    __tablename__ = "pending_confirmations"
+
+    key: Mapped[str] = mapped_column(String(32), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))  # which handler runs it, e.g. "release"
+    action: Mapped[str] = mapped_column(String(32))  # the grant it needs, e.g. "deploy"
+    service: Mapped[str] = mapped_column(String(100))
+    env: Mapped[str] = mapped_column(String(100))
+    invoker_id: Mapped[int] = mapped_column(BigInteger)
+    invoker_name: Mapped[str] = mapped_column(String(100))
+    summary: Mapped[str] = mapped_column(Text)
+    payload: Mapped[str] = mapped_column(Text)
+    channel_id: Mapped[str] = mapped_column(String(32))
+    message_id: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    approvals_needed: Mapped[int] = mapped_column(Integer, default=0)
+    approvals: Mapped[str] = mapped_column(Text, default="[]")
+    confirmed: Mapped[bool] = mapped_column(Boolean, default=False)
+    state: Mapped[str] = mapped_column(String(16), default="pending", index=True)
 
 
 def mutex_key(name: str) -> int:

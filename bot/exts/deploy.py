@@ -23,15 +23,16 @@ from bot.render import (
     result_embed,
     result_line,
 )
-from bot.views import ask_confirmation, new_pending
+from bot.views import ConfirmHandler, Request, ask_confirmation, member_of, resume_pending
 from commands.deploy import Actor, Plan, Result
-from commands.freeze import FreezeNeedsGrant
+from commands.freeze import FreezeNeedsGrant, Frozen
 from commands.handover import Inflight
 from commands.locks import Locked, OperationLock
 
 log = logging.getLogger(__name__)
 
 EDIT_INTERVAL = 2.0  # at most one progress edit every ~2 s (Discord rate limits, readable)
+CONFIRM_KIND = "release"  # deploys and rollbacks waiting for a Confirm press (bot/views.py)
 Force = Literal["--force"]  # `!deploy chat prod v2 --force` during a freeze (grant deploy:force)
 
 
@@ -76,6 +77,10 @@ class Deploy(commands.Cog):
     def __init__(self, bot: commands.Bot) -> None:
         self.bot = bot
         self.app = bot.app  # type: ignore[attr-defined]
+        # A Confirm press (maybe after a restart, on another replica) runs a stored plan through these.
+        self.app.pending.register(CONFIRM_KIND, ConfirmHandler(recheck=self._recheck_confirmed,
+                                                               start=self._start_confirmed,
+                                                               ended=self._confirm_ended))
 
     # ------------------------------------------------------------------ commands
 
@@ -143,22 +148,55 @@ class Deploy(commands.Cog):
                 await ctx.send(f"Started: {message.jump_url}", ephemeral=True)
             return
 
-        async def start(interaction: discord.Interaction) -> None:
-            try:
-                await self._start(plan, actor, interaction.channel)
-            except Locked as e:
-                await interaction.followup.send(f"⚠️ {e}", ephemeral=True)
-
-        async def on_end(result: str, who: str) -> None:
-            await self.app.audit.record(user_id=actor.id, user_name=actor.name, action=plan.kind, service=plan.service,
-                                        env=plan.env, args={"version": plan.to_version, "revision": plan.revision},
-                                        result="cancelled", detail=f"{result} by {who}", channel=actor.channel)
-
-        pending = new_pending(self.app, action=plan.kind, service=plan.service, env=plan.env, user=ctx.author,
-                              summary=plan.describe(), start=start, on_end=on_end)
-        message = await ask_confirmation(self.app, ctx.channel, pending)
+        message = await ask_confirmation(
+            self.app, ctx.channel, kind=CONFIRM_KIND, action=plan.kind, service=plan.service, env=plan.env,
+            user=ctx.author, summary=plan.describe(),
+            payload={"plan": plan.model_dump(mode="json"), "force": force, "channel": actor.channel})
         if ctx.interaction is not None:
             await ctx.send(f"Confirmation asked: {message.jump_url}", ephemeral=True)
+
+    # -- the Confirm press (bot/views.py): everything comes from the stored request ------------------
+
+    async def _recheck_confirmed(self, interaction: discord.Interaction, request: Request) -> str | None:
+        """At the press: the invoker still holds the grant, and no lock or freeze came meanwhile."""
+        plan = Plan.model_validate(request.payload["plan"])
+        invoker = await member_of(interaction, request.invoker_id)
+        if invoker is None or not member_allows(self.app, invoker, plan.kind, plan.env, plan.service):
+            await self.app.audit.record(user_id=request.invoker_id, user_name=request.invoker_name, action=plan.kind,
+                                        service=plan.service, env=plan.env, result="denied",
+                                        args={"version": plan.to_version, "revision": plan.revision},
+                                        detail="the grant was gone at the Confirm press",
+                                        channel=request.payload.get("channel"))
+            return (f"🚫 {request.invoker_name} no longer holds the `{plan.kind}:{plan.env}` grant for "
+                    f"`{plan.service}`; nothing was started.")
+        try:
+            await self._refuse_if_locked(plan)
+            await self.app.freezes.gate(
+                plan.env, plan.service, plan.describe(), force=bool(request.payload.get("force")),
+                may_force=member_allows(self.app, invoker, "deploy:force", plan.env, plan.service),
+                user_id=invoker.id, user_name=request.invoker_name, channel=request.payload.get("channel"),
+                kind=plan.kind)
+        except (Locked, Frozen) as e:
+            return f"⚠️ {e} Nothing was started."
+        except FreezeNeedsGrant as e:
+            return f"🚫 {e}, and {request.invoker_name} no longer holds `deploy:force`; nothing was started."
+        return None
+
+    async def _start_confirmed(self, interaction: discord.Interaction, request: Request) -> None:
+        plan = Plan.model_validate(request.payload["plan"])
+        actor = Actor(id=request.invoker_id, name=request.invoker_name, channel=request.payload.get("channel"))
+        try:
+            await self._start(plan, actor, interaction.channel)
+        except Locked as e:
+            await interaction.followup.send(f"⚠️ {e}", ephemeral=True)
+
+    async def _confirm_ended(self, request: Request, result: str, who: str) -> None:
+        plan = Plan.model_validate(request.payload["plan"])
+        await self.app.audit.record(user_id=request.invoker_id, user_name=request.invoker_name, action=plan.kind,
+                                    service=plan.service, env=plan.env,
+                                    args={"version": plan.to_version, "revision": plan.revision},
+                                    result="cancelled", detail=f"{result} by {who}",
+                                    channel=request.payload.get("channel"))
 
     async def _refuse_if_frozen(self, ctx: commands.Context[Any], plan: Plan, force: bool) -> None:
         """A freeze refuses with its reason; `--force` passes for holders of deploy:force (audited)."""
@@ -240,6 +278,11 @@ class Deploy(commands.Cog):
 
     async def cog_load(self) -> None:
         self.app.supervisor.submit("take over running deploys", self._take_over)
+
+    @commands.Cog.listener("on_ready")
+    async def _resume_confirmations(self) -> None:
+        """Confirmations asked before a restart or a failover expire on time (this bot runs on the leader)."""
+        await resume_pending(self.app)
 
     async def _take_over(self) -> None:
         """Operations a previous leader left running: watch them to the end from here."""

@@ -333,11 +333,14 @@ class LookingNotifier(RecordingNotifier):
         self.lookups = 0
 
     async def find_recent(self, channel: str, *, content: str | None = None, contains: str | None = None,
-                          with_embeds: bool = False, limit: int = 50) -> str | None:
+                          with_embeds: bool = False, limit: int = 50, thread_of: str | None = None) -> str | None:
         self.lookups += 1
         if self.blind:
             self.blind -= 1
             raise SendError("the Discord session is not ready yet", retry_after=0.05)
+        if thread_of is not None:
+            parent = self.messages.get(thread_of)
+            return "2" if parent is not None and content in parent.thread[-limit:] else None
         return "1" if (channel, content) in self.notices[-limit:] else None
 
 
@@ -375,6 +378,38 @@ async def test_a_notice_whose_outcome_is_unknown_is_looked_for_before_the_retry(
         await notifier.wait_for(lambda: notifier.lookups >= 1, timeout=10)
         await h.service.wait_idle(10)
         assert notifier.notices == [("ops", "hello ops")]
+    finally:
+        await close_harness(h)
+
+
+class ThreadPostsTimingOut(LookingNotifier):
+    """A thread post goes through, then the answer times out (``timeouts`` times)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.timeouts = 1
+
+    async def thread_post(self, channel: str, message_id: str, thread_name: str, text: str, *,
+                          files: Any = ()) -> str:
+        thread_id = await super().thread_post(channel, message_id, thread_name, text, files=files)
+        if self.timeouts:
+            self.timeouts -= 1
+            raise TimeoutError("timed out waiting for chat's answer")
+        return thread_id
+
+
+async def test_a_timeline_post_whose_outcome_is_unknown_is_looked_for_before_the_retry(tmp_path: Path) -> None:
+    notifier = ThreadPostsTimingOut()
+    h = await open_harness(tmp_path, notifier)
+    try:
+        await h.post(payload([alert(instance="a")]))
+        await h.service.wait_idle(10)
+        await h.service.ack(1, 7, "oncall")  # a second timeline entry: the thread opens
+        await notifier.wait_for(lambda: notifier.lookups >= 1, timeout=10)
+        await h.service.wait_idle(10)
+        [m] = notifier.messages.values()
+        assert len(m.thread) == 1 and "acknowledged by oncall" in m.thread[0], m.thread
+        assert h.service.outbox.stats["adopted"] == 1
     finally:
         await close_harness(h)
 

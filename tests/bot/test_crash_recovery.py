@@ -1,6 +1,6 @@
 """A post that reached Discord just before the process died is not posted again.
 
-The outbox records a post after Discord accepted it. A process killed in between (a leader that
+The outbox records a post after Discord accepted it (a notice, an incident message, a timeline post in its thread). A process killed in between (a leader that
 died, see tests/ha) leaves the post marked as started but not done; the next sender looks at the
 channel (DiscordNotifier.find_recent, the real discord.py history call) before posting again.
 Here the dead process is played by hand: its post is made through the notifier, its half-written
@@ -10,9 +10,11 @@ record through the store, then the live outbox takes over.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
 from alerts.notify import OutMessage
+from alerts.store import TimelineWork
 from bot.world import World
 from tests.alerts.conftest import alert, payload
 from tests.bot.helpers import embed_text
@@ -80,4 +82,45 @@ async def test_an_incident_message_that_did_not_reach_discord_is_posted(world: W
     incident = await _interrupted_create(world, reached_discord=False)
     shown = [m for m in bot_messages(world, "alerts") if f"#{incident} " in m.content and m.embeds]
     assert len(shown) == 1 and "2 firing" in embed_text(shown[0])
+    assert world.app.alerts.outbox.stats["adopted"] == 0
+
+
+async def _interrupted_timeline_post(world: World, *, reached_discord: bool) -> tuple[list[str], str]:
+    """A timeline post under an incident's message that a dead process may have made; returns what
+    the thread shows and the post's text."""
+    alerts = world.app.alerts
+    store = alerts.store
+    store.options = dataclasses.replace(store.options, timeline_delay_seconds=3600)  # no timeline yet
+    await alerts.ingest(payload([alert("TimelineDrill", service="chat", env="prod")], group="timeline"))
+    await alerts.wait_idle(10)  # the incident's message is posted
+    await alerts.outbox.stop()  # the dead process's sender: nothing runs while we set the scene
+    [incident] = await alerts.incidents()
+    await alerts.ack(incident.id, world.members["oncall"].id, "oncall")  # a second entry: a thread opens
+    edit, _ = await world.app.db.run(store.next_work, "alerts")  # the dead process edits the message…
+    await world.app.notifier.edit("alerts", edit.message_id, alerts._render_message(edit))
+    await world.app.db.run(store.message_sent, edit.delivery_id, edit.version, None)
+    store.options = dataclasses.replace(store.options, timeline_delay_seconds=0)
+    work, _ = await world.app.db.run(store.next_work, "alerts")  # …then posts the timeline
+    assert isinstance(work, TimelineWork), work
+    text = alerts._render_timeline(work)
+    if reached_discord:
+        await world.app.notifier.thread_post("alerts", work.message_id, work.thread_name, text)
+    await world.app.db.run(store.timeline_started, work.delivery_id, work.entry_ids, text)
+    # (and died before timeline_posted)
+    await alerts.outbox.start()  # the next leader's sender
+    await alerts.wait_idle(10)
+    [thread] = world.channels["alerts"].threads
+    return [m.content for m in thread.history() if m.author.id == world.bot.user.id], text
+
+
+async def test_a_timeline_post_that_reached_discord_is_not_posted_again(world: World) -> None:
+    posts, text = await _interrupted_timeline_post(world, reached_discord=True)
+    assert "acknowledged by oncall" in text
+    assert posts == [text], posts
+    assert world.app.alerts.outbox.stats["adopted"] == 1
+
+
+async def test_a_timeline_post_that_did_not_reach_discord_is_posted(world: World) -> None:
+    posts, text = await _interrupted_timeline_post(world, reached_discord=False)
+    assert posts == [text], posts
     assert world.app.alerts.outbox.stats["adopted"] == 0
