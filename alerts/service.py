@@ -168,6 +168,7 @@ class AlertService:
             user=cfg.webhook_user,
             allow_unauthenticated=cfg.allow_unauthenticated,
             max_body_bytes=cfg.max_body_bytes,
+            on_too_large=self._notice,
         )
         self.watchdog = (
             Watchdog(cfg.watchdog_alertname, timedelta(minutes=cfg.watchdog_minutes), clock)

@@ -410,8 +410,8 @@ class AlertStore:
             title=_title(payload),
             severity=None,
             severity_rank=self.rank(None),
-            service=self._label(payload, self.options.service_label),
-            env=self._label(payload, self.options.env_label),
+            service=self._label(payload, self.options.service_label, 128),
+            env=self._label(payload, self.options.env_label, 64),
             channel=targets[0].channel,
             escalation=targets[0].escalation,
             opened_at=now,
@@ -434,9 +434,10 @@ class AlertStore:
         return incident
 
     @staticmethod
-    def _label(payload: WebhookPayload, name: str) -> str | None:
+    def _label(payload: WebhookPayload, name: str, limit: int) -> str | None:
+        """A label for a column of ``limit`` characters (PostgreSQL refuses longer ones)."""
         value = payload.common_labels.get(name) or payload.group_labels.get(name)
-        return value[:128] if value else None
+        return value[:limit] if value else None
 
     def _apply(
         self,
