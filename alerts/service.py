@@ -56,7 +56,7 @@ from alerts.models import (
 from alerts.notify import Notifier, OutMessage
 from alerts.outbox import Outbox
 from alerts.render import RenderOptions, render_incident, render_notice, render_timeline
-from alerts.routing import Matcher, MatcherError, Router, parse_matchers
+from alerts.routing import Matcher, MatcherError, Router, parse_matchers, too_broad
 from alerts.stats import ResponseStats, response_stats
 from alerts.store import AlertStore, MessageWork, StoreOptions, TimelineWork
 from alerts.watchdog import Watchdog, last_heartbeat, record_heartbeat
@@ -274,11 +274,11 @@ class AlertService:
 
     # ------------------------------------------------------------------------ intake
 
-    async def ingest(self, payload: WebhookPayload | dict[str, Any]) -> IngestResult:
+    async def ingest(self, payload: WebhookPayload | dict[str, Any], *, router: Router | None = None) -> IngestResult:
         """Store one webhook payload (persisted when this returns) and wake the senders."""
         if not isinstance(payload, WebhookPayload):
             payload = WebhookPayload.model_validate(payload)
-        outcome = await self._db.run(self.store.ingest, payload, self.router)
+        outcome = await self._db.run(self.store.ingest, payload, router or self.router)
         if outcome.result.heartbeat and self.watchdog is not None:
             now = self._clock()
             await self._db.run(record_heartbeat, self._db, self.watchdog.alertname, now)
@@ -390,7 +390,6 @@ class AlertService:
         The message then shows "silenced by X until T" and the timeline records it.
         """
         length = self._duration(duration)
-        client = self._client()
         incident = await self._db.run(self.store.silence_target, incident_id)
         labels = {k: v for k, v in incident.common_labels.items() if v} or {
             k: v for k, v in incident.group_labels.items() if v
@@ -400,6 +399,12 @@ class AlertService:
                 f"incident #{incident_id} has no labels common to its alerts; use `!silence` with matchers"
             )
         matchers = [Matcher(k, "=", v) for k, v in sorted(labels.items())]
+        if too_broad(matchers, self.config.env_label):  # no regexes here: quick
+            raise UserError(
+                f"the alerts of incident #{incident_id} share no label but the env, so silencing it would "
+                "silence the whole env; use `!silence` with matchers that name what to silence"
+            )
+        client = self._client()
         where = " ".join(p for p in (incident.service, incident.env) if p)
         comment = f"opsbot incident #{incident_id}: {incident.title}" + (f" ({where})" if where else "")
         comment += f", silenced from Discord by {user_name}"
@@ -446,8 +451,9 @@ class AlertService:
             raise UserError(f"bad matchers: {e}") from None
         if not matchers:
             raise UserError('a silence needs matchers, e.g. `alertname=HighLatency service="chat"`')
-        if all(m.matches({}) for m in matchers):
-            raise UserError("those matchers match every alert; add one that needs a label value")
+        broad = await asyncio.to_thread(too_broad, matchers, self.config.env_label)
+        if broad:
+            raise UserError(broad)
         comment = " ".join(comment.split())
         if not comment:
             raise UserError("a silence needs a comment: why is it silenced?")
@@ -507,10 +513,13 @@ class AlertService:
         severity: str = "critical",
         alertname: str = "HighErrorRate",
         alerts: int = 2,
+        pages: bool = False,
     ) -> IncidentView:
         """Fire a realistic alert group through the intake path (the demo, without Alertmanager).
 
-        Calling it again for the same service/env/alertname adds alerts to the open incident.
+        Calling it again for the same service/env/alertname adds alerts to the open incident. It
+        goes to the channel its route names but, unless ``pages``, mentions nobody and starts no
+        escalation: ``!testalert`` never pages or pings anyone (tests of escalation pass ``pages``).
         """
         now = self._clock()
         labels = {"alertname": alertname, "severity": severity}
@@ -550,7 +559,7 @@ class AlertService:
                 "alerts": items,
             }
         )
-        result = await self.ingest(payload)
+        result = await self.ingest(payload, router=self.router if pages else self.router.quiet())
         assert result.incident_id is not None
         return await self.incident(result.incident_id)
 
