@@ -199,12 +199,13 @@ def matches_any_value(m: Matcher) -> bool:
     return True
 
 
-def too_broad(matchers: Sequence[Matcher], env_label: str = "env") -> str | None:
+def too_broad(matchers: Sequence[Matcher], env_label: str = "env", *, whole_env: bool = False) -> str | None:
     """Why a silence with these matchers would mute every alert, or every alert of an env; None if
     it is narrower. It needs a positive matcher that can tell alerts apart on a label other than the
-    env label (``alertname="Foo"``, ``service=~"chat|auth"``). Runs user regexes: call it off the loop."""
+    env label (``alertname="Foo"``, ``service=~"chat|auth"``), or with ``whole_env`` at least one on
+    the env label. Runs user regexes: call it off the loop."""
     narrowing = [m for m in matchers if not matches_any_value(m)]
-    if any(m.name != env_label for m in narrowing):
+    if any(m.name != env_label for m in narrowing) or (whole_env and narrowing):
         return None
     if narrowing:
         return (f"those matchers match every alert of an env ({', '.join(str(m) for m in narrowing)}); "

@@ -62,6 +62,7 @@ from alerts.store import AlertStore, MessageWork, StoreOptions, TimelineWork
 from alerts.watchdog import Watchdog, last_heartbeat, record_heartbeat
 from commands.catalog import UserError
 from commands.db import Database, utcnow
+from commands.metrics import public_url
 from commands.timeutil import parse_duration, short
 from config.settings import Settings
 
@@ -442,16 +443,19 @@ class AlertService:
         self.outbox.wake(await self._db.run(self.store.clear_silence, silence_id, reason))
 
     async def create_silence(
-        self, matchers_text: str, duration: timedelta | str, comment: str, user_name: str
+        self, matchers_text: str, duration: timedelta | str, comment: str, user_name: str, *, whole_env: bool = False
     ) -> SilenceView:
-        """``!silence alertname=Foo service=~"chat.*" 2h db upgrade``."""
+        """``!silence alertname=Foo service=~"chat.*" 2h db upgrade``.
+
+        Matchers that would mute every alert are refused; so are those that mute every alert of an
+        env, unless ``whole_env`` (a maintenance window over all of an env's services)."""
         try:
             matchers = parse_matchers(matchers_text)
         except MatcherError as e:
             raise UserError(f"bad matchers: {e}") from None
         if not matchers:
             raise UserError('a silence needs matchers, e.g. `alertname=HighLatency service="chat"`')
-        broad = await asyncio.to_thread(too_broad, matchers, self.config.env_label)
+        broad = await asyncio.to_thread(too_broad, matchers, self.config.env_label, whole_env=whole_env)
         if broad:
             raise UserError(broad)
         comment = " ".join(comment.split())
@@ -699,7 +703,7 @@ def sample_generator_url(prometheus_url: str | None, service: str, env: str) -> 
     where = f'service="{service}", env="{env}"'
     expr = (f'sum(rate(http_requests_total{{{where}, code=~"5.."}}[5m])) '
             f"/ sum(rate(http_requests_total{{{where}}}[5m])) > 0.05")
-    base = (prometheus_url or "http://prometheus.example.com").rstrip("/")
+    base = public_url(prometheus_url or "http://prometheus.example.com")  # a link in chat: no credentials
     return f"{base}/graph?{urlencode({'g0.expr': expr, 'g0.tab': '0'})}"
 
 

@@ -189,7 +189,7 @@ class Silencer(Protocol):
     """What windows need of the alerts service (:class:`alerts.service.AlertService`)."""
 
     async def create_silence(self, matchers_text: str, duration: timedelta | str, comment: str,
-                             user_name: str) -> Any: ...
+                             user_name: str, *, whole_env: bool = False) -> Any: ...
 
     async def expire_silence(self, silence_id: str, user_name: str = "") -> None: ...
 
@@ -574,7 +574,8 @@ class MaintenanceService:
         remaining = until - self.now()
         try:
             silence = await self.silencer.create_silence(
-                matchers, remaining, f"opsbot maintenance #{view.id}: {view.reason}", f"opsbot (maintenance #{view.id})")
+                matchers, remaining, f"opsbot maintenance #{view.id}: {view.reason}", f"opsbot (maintenance #{view.id})",
+                whole_env=view.everything)  # a window over all services silences its env, on purpose
         except AlertmanagerNotConfigured as e:
             return Step(phase="start", name=name, outcome="skipped", detail=f"{e}: alerts were not silenced"), None
         except (AlertmanagerError, UserError) as e:

@@ -19,6 +19,7 @@ literally (PromQL's own braces need no escaping).
 from __future__ import annotations
 
 import ast
+import base64
 import asyncio
 import json
 import math
@@ -30,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any, Literal
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, quote, unquote, urlparse
 
 from commands.catalog import UserError, suggest
 from commands.models import MetricReading
@@ -150,11 +151,44 @@ def _float(text: Any) -> float:
 # ------------------------------------------------------------------------------------ client
 
 
+def public_url(url: str) -> str:
+    """``url`` without what may be a secret: the userinfo (``user:pass@``, cut at the last ``@``),
+    the query (``?token=…``) and the fragment. What chat, logs and links may show of prometheus_url."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    rest = rest.split("#", 1)[0].split("?", 1)[0]
+    authority, slash, path = rest.partition("/")
+    host = authority.rpartition("@")[2]
+    return f"{scheme}{sep}{host}{slash}{path}".rstrip("/")
+
+
+def url_secrets(url: str) -> list[str]:
+    """The parts of ``url`` that may be secrets (userinfo and its pieces, query values), longest first."""
+    rest = url.partition("://")[2] or url
+    authority = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
+    userinfo = authority.rpartition("@")[0]
+    found = [userinfo, *userinfo.split(":", 1)] if userinfo else []
+    query = url.split("#", 1)[0].partition("?")[2]
+    for pair in query.split("&"):
+        key, _, value = pair.partition("=")
+        found += [value, unquote(value)]
+    if userinfo:  # as it travels in an Authorization header, should anything echo that
+        found.append(base64.b64encode(unquote(userinfo).encode()).decode())
+    secrets = {f for f in found if len(f) >= 3}
+    return sorted(secrets | {quote(f, safe="") for f in secrets}, key=len, reverse=True)
+
+
 class PrometheusClient:
-    """``prometheus-api-client`` off the event loop: its own threads, a timeout on every call."""
+    """``prometheus-api-client`` off the event loop: its own threads, a timeout on every call.
+
+    ``url`` may carry credentials (``https://user:pass@prometheus``, ``?token=``): they are used to
+    connect, never shown. Messages name :attr:`shown_url`, and every error text is scrubbed of them."""
 
     def __init__(self, url: str, *, timeout: float = 3.0, workers: int = 4) -> None:
         self.url = url.rstrip("/")
+        self.shown_url = public_url(self.url)
+        self._secrets = [self.url, *url_secrets(self.url)]
         self.timeout = timeout
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prometheus")
         self._connection: Any = None
@@ -189,10 +223,22 @@ class PrometheusClient:
         except TimeoutError:
             raise self._slow() from None
         except Exception as err:
-            raise self._fault(err, promql) from err
+            error = self._fault(err, promql)
+            error.args = tuple(self.scrub(a) if isinstance(a, str) else a for a in error.args)
+            if isinstance(error, BadQuery):
+                error.reason = self.scrub(error.reason)
+            # Not chained: the original exception's text (and a traceback in a log) holds the URL.
+            raise error from None
+
+    def scrub(self, text: str) -> str:
+        """``text`` with the configured URL and its secrets (userinfo, query values) replaced."""
+        for secret in self._secrets:
+            if secret:
+                text = text.replace(secret, self.shown_url if secret == self.url else "***")
+        return text
 
     def _slow(self) -> PrometheusUnavailable:
-        return PrometheusUnavailable(f"Prometheus at {self.url} did not answer within {self.timeout:g} s")
+        return PrometheusUnavailable(f"Prometheus at {self.shown_url} did not answer within {self.timeout:g} s")
 
     def _fault(self, err: Exception, promql: str) -> PrometheusError:
         import requests
@@ -202,17 +248,17 @@ class PrometheusClient:
                                                   and "timed out" in str(err).lower()):
             return self._slow()  # without retries, urllib3 reports a read timeout as a connection error
         if isinstance(err, requests.ConnectionError):
-            return PrometheusUnavailable(f"cannot reach Prometheus at {self.url}: {_connection_problem(err)}")
+            return PrometheusUnavailable(f"cannot reach Prometheus at {self.shown_url}: {_connection_problem(err)}")
         if isinstance(err, PrometheusApiClientException):
             status, kind, reason = _api_error(str(err))
             if status in (400, 422) or kind in ("bad_data", "execution"):
                 return BadQuery(reason, promql)
             if status == 503 or kind in ("timeout", "canceled"):
-                return PrometheusUnavailable(f"Prometheus at {self.url} could not answer: {reason}")
-            return PrometheusError(f"Prometheus at {self.url} answered HTTP {status}: {reason}")
+                return PrometheusUnavailable(f"Prometheus at {self.shown_url} could not answer: {reason}")
+            return PrometheusError(f"Prometheus at {self.shown_url} answered HTTP {status}: {reason}")
         if isinstance(err, ValueError | KeyError):  # not Prometheus' JSON (a proxy's page?)
-            return PrometheusError(f"{self.url} did not answer like Prometheus ({type(err).__name__})")
-        return PrometheusError(f"asking Prometheus at {self.url} failed: {type(err).__name__}: {err}")
+            return PrometheusError(f"{self.shown_url} did not answer like Prometheus ({type(err).__name__})")
+        return PrometheusError(f"asking Prometheus at {self.shown_url} failed: {type(err).__name__}: {err}")
 
     async def instant(self, promql: str, at: float | None = None) -> InstantResult:
         """``/api/v1/query`` at unix time ``at`` (default: now)."""
@@ -452,7 +498,8 @@ class MetricsService:
 
     @property
     def url(self) -> str:
-        return self.client.url
+        """The Prometheus URL as it may be shown: without credentials."""
+        return self.client.shown_url
 
     async def close(self) -> None:
         await self.client.close()
