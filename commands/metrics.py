@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ast
 import base64
+import heapq
 import asyncio
 import json
 import math
@@ -41,7 +42,9 @@ MIN_RANGE = timedelta(minutes=5)
 MAX_RANGE = timedelta(days=14)
 POINTS = 240  # a chart's resolution: about one point per 4 pixels
 NICE_STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
-MAX_TABLE_ROWS = 20
+MAX_TABLE_ROWS = 20  # !query: series shown
+MAX_TABLE_CHARS = 1600  # !query: characters of the table (a chat message holds 2,000)
+MAX_LABEL_CHARS = 90  # !query: one series' label set
 
 
 # ------------------------------------------------------------------------------------ errors
@@ -653,24 +656,39 @@ def _clip(text: str, limit: int) -> str:
 # ------------------------------------------------------------------------------------ !query table
 
 
-def result_table(result: InstantResult, limit: int = MAX_TABLE_ROWS) -> tuple[str, int]:
-    """An instant result as aligned text lines (largest values first); returns (text, rows not shown)."""
+def result_table(result: InstantResult, limit: int = MAX_TABLE_ROWS,
+                 max_chars: int = MAX_TABLE_CHARS) -> tuple[str, int]:
+    """An instant result as aligned text lines (largest values first); returns (text, rows not shown).
+
+    Bounded whatever Prometheus answers: at most ``limit`` rows and ``max_chars`` characters, a
+    label set cut at :data:`MAX_LABEL_CHARS`, a range vector as its last value and sample count
+    (not its points). Only the rows shown are formatted, and picking them is O(n log limit)."""
     if result.kind == "scalar":
         return f"scalar  {_number(result.scalar)}", 0
     if result.kind == "string":
-        return f"string  {result.text!r}", 0
+        return f"string  {_clip(repr(result.text), MAX_LABEL_CHARS * 2)}", 0
     if result.kind == "matrix":
-        rows = [(_labels(s.labels), f"{_number(s.points[-1][1]) if s.points else '—'}  ({len(s.points)} samples)")
-                for s in result.series]
+        total = len(result.series)
+        rows = [(_clip(_labels(s.labels), MAX_LABEL_CHARS),
+                 f"{_number(s.points[-1][1]) if s.points else '—'}  ({len(s.points)} samples)")
+                for s in result.series[:limit]]
     else:
-        ordered = sorted(result.samples, key=lambda s: (math.isnan(s.value), -s.value if not math.isnan(s.value) else 0))
-        rows = [(_labels(s.labels), _number(s.value)) for s in ordered]
+        total = len(result.samples)
+        chosen = heapq.nsmallest(limit, result.samples,
+                                 key=lambda s: (math.isnan(s.value), -s.value if not math.isnan(s.value) else 0))
+        rows = [(_clip(_labels(s.labels), MAX_LABEL_CHARS), _number(s.value)) for s in chosen]
     if not rows:
         return "", 0
-    shown = rows[:limit]
-    width = min(max(len(r[0]) for r in shown), 90)
-    lines = [f"{_clip(label, 90):<{width}}  {value}" for label, value in shown]
-    return "\n".join(lines), len(rows) - len(shown)
+    width = max(len(r[0]) for r in rows)
+    lines: list[str] = []
+    used = 0
+    for label, value in rows:
+        line = f"{label:<{width}}  {value}"
+        if lines and used + len(line) + 1 > max_chars:
+            break
+        lines.append(line[:max_chars])
+        used += len(line) + 1
+    return "\n".join(lines), total - len(lines)
 
 
 def _labels(labels: Mapping[str, str]) -> str:
