@@ -316,6 +316,7 @@ class IncidentView(_View):
     silenced_until: datetime | None
     firing: int
     resolved: int
+    truncated: int = Field(0, description="alerts of the group left out of the latest delivery (truncatedAlerts)")
     alerts: list[AlertView] = Field(default_factory=list)
     timeline: list[TimelineEntry] = Field(default_factory=list)
 

@@ -828,6 +828,7 @@ class AlertStore:
             silence_id=row.silence_id,
             silenced_by=row.silenced_by,
             silenced_until=row.silenced_until,
+            truncated=row.truncated_alerts or 0,
             firing=counts.get("firing", 0),
             resolved=counts.get("resolved", 0),
             alerts=alert_views,

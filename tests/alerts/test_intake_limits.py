@@ -86,7 +86,10 @@ async def test_more_alerts_than_kept_are_counted_as_truncated(tmp_path: Path) ->
         code, answer = await h.post(body)
         assert code == 200, answer
         inc = await _only_incident(h)
-        assert inc.firing == MAX_ALERTS
+        assert inc.firing == MAX_ALERTS and inc.truncated == 12
+        await h.service.wait_idle(30)
+        [msg] = h.notifier.messages.values()
+        assert f"{MAX_ALERTS} firing, 0 resolved, 12 more not sent" in msg.text
         parsed = WebhookPayload.model_validate(body)
         assert len(parsed.alerts) == MAX_ALERTS and parsed.truncated_alerts == 12
     finally:
