@@ -48,6 +48,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
 from alerts.notify import Notifier, OutMessage, SendError
+from alerts.render import escape_md
 from commands.db import Base, Database, UTCDateTime
 from commands.scheduler import JobExists, Scheduler
 from commands.timeutil import short
@@ -494,7 +495,7 @@ class EscalationEngine:
         due = row.started_at + tick.offset
         elapsed = now - row.started_at
         step = self._step_text(row, tick)
-        title = f": {row.title}" if row.title else ""
+        title = f": {escape_md(row.title)}" if row.title else ""  # alert text is not ours
         content = f"🚨 {mentions} — incident #{row.incident_id} is unacknowledged after {short(elapsed)}{title} ({step})"
         if now - due > LATE:
             content += f" — sent {short(now - due)} late: the bot was not running"

@@ -4,8 +4,13 @@ Answers, so Alertmanager does the right thing (it retries 5xx, gives up on 4xx):
 
 - 401 without the right credentials: ``Authorization: Bearer <webhook_token>``, or basic auth as
   ``<alerts.webhook_user>:<webhook_token>``; compared in constant time.
-- 413 when the body is larger than ``alerts.max_body_bytes``.
+- 413 when the body is larger than ``alerts.max_body_bytes``. Alertmanager does not retry it, so
+  the notification is lost: the intake logs it and ``on_too_large`` says so in chat (the ops
+  channel, at most once per ``TOO_LARGE_NOTICE_EVERY``). Keep groups under the limit with
+  ``max_alerts`` in Alertmanager's ``webhook_config``.
 - 400 when the body is not JSON, 422 when it is not a version 4 payload (with a short reason).
+  Size is never a reason for a 422: over-long values are cut with a visible marker and stored
+  (see :mod:`alerts.models`).
 - 503 when it could not be stored (the database is down or full): Alertmanager tries again.
 - 200 once it is stored. Nothing here answers 500 or lets an exception escape.
 
@@ -19,6 +24,7 @@ import binascii
 import hmac
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -30,6 +36,8 @@ from alerts.models import IngestResult, WebhookPayload
 log = logging.getLogger(__name__)
 
 Ingest = Callable[[WebhookPayload], Awaitable[IngestResult]]
+TooLarge = Callable[[str], Awaitable[None]]
+TOO_LARGE_NOTICE_EVERY = 600.0  # seconds between two "a notification was lost" notices
 
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="opsbot", Basic realm="opsbot"'}
 
@@ -51,8 +59,11 @@ class WebhookIntake:
         user: str = "alertmanager",
         allow_unauthenticated: bool = False,
         max_body_bytes: int = 4 * 1024 * 1024,
+        on_too_large: TooLarge | None = None,
     ) -> None:
         self._ingest = ingest
+        self._on_too_large = on_too_large
+        self._too_large_told: float | None = None
         self._token = token or None
         self._user = user
         self._open = allow_unauthenticated and self._token is None
@@ -93,6 +104,7 @@ class WebhookIntake:
         try:
             body = await self._read(request)
         except _TooLarge:
+            await self._too_large(request)
             return _error(413, f"the body is larger than {self._max} bytes")
         except (ConnectionError, OSError, ValueError) as e:
             return _error(400, f"could not read the body: {type(e).__name__}")
@@ -114,6 +126,26 @@ class WebhookIntake:
         return web.json_response(
             {"status": "ok", "incident": result.incident_id, "duplicate": result.duplicate}, status=200
         )
+
+    async def _too_large(self, request: web.Request) -> None:
+        """A refused body is a lost notification (no retry on 4xx): log it, and tell chat now and then."""
+        size = request.content_length
+        what = f"{size} bytes" if size is not None else "a chunked body"
+        log.warning("alerts: refused a webhook of %s (over alerts.max_body_bytes = %d); Alertmanager will "
+                    "not send it again", what, self._max)
+        if self._on_too_large is None:
+            return
+        now = time.monotonic()
+        if self._too_large_told is not None and now - self._too_large_told < TOO_LARGE_NOTICE_EVERY:
+            return
+        self._too_large_told = now
+        try:
+            await self._on_too_large(
+                f"⚠️ an Alertmanager notification was lost: its body ({what}) is over `alerts.max_body_bytes` "
+                f"({self._max} bytes), and Alertmanager does not resend a refused one. Set `max_alerts` in "
+                "Alertmanager's webhook_config (or raise the limit); `!alerts` shows what fires now.")
+        except Exception:
+            log.warning("alerts: could not report a refused webhook in chat", exc_info=True)
 
     async def _read(self, request: web.Request) -> bytes:
         length = request.content_length

@@ -17,13 +17,51 @@ import json
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WrapValidator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WrapValidator, field_validator, model_validator
 
 AlertStatus = Literal["firing", "resolved"]
 
 MAX_KEY = 8192  # groupKey; Alertmanager builds it from the route path and group labels
-MAX_NAME = 256
-MAX_TEXT = 65536  # one label or annotation value
+MAX_NAME = 256  # a label or annotation name, the receiver
+MAX_TEXT = 65536  # one label or annotation value, generatorURL, externalURL
+MAX_FINGERPRINT = 128
+MAX_ALERTS = 1_000  # alerts kept from one delivery; the rest count as truncatedAlerts (what a
+# message can show is far less; more would cost the event loop: ~0.25 s to validate 10,000, per delivery)
+MAX_TRUNCATED = 2**31 - 1
+
+
+def truncation_marker(dropped: int) -> str:
+    return f"… [truncated by opsbot: {dropped} more characters]"
+
+
+def clip_text(value: str, limit: int) -> str:
+    """``value`` when it fits, else its start with a visible marker, ``limit`` characters in all.
+
+    A well-formed alert is never refused for its size (Alertmanager does not retry a 4xx, so a
+    refusal drops the notification for good): what does not fit is cut and says so."""
+    if len(value) <= limit:
+        return value
+    keep = limit - len(truncation_marker(len(value)))
+    return value[:keep] + truncation_marker(len(value) - keep)
+
+
+def clip_key(value: str, limit: int) -> str:
+    """Like :func:`clip_text`, for a value that identifies something (a groupKey, a label name, a
+    fingerprint): the cut keeps a hash of the whole, so two long values that differ stay different."""
+    if len(value) <= limit:
+        return value
+    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    tail = f"…[{len(value)} chars, sha256 {digest}]"
+    return value[: limit - len(tail)] + tail
+
+
+def _clipped(limit: int, *, key: bool = False) -> BeforeValidator:
+    def clip(value: Any) -> Any:
+        if isinstance(value, str) and len(value) > limit:
+            return clip_key(value, limit) if key else clip_text(value, limit)
+        return value
+
+    return BeforeValidator(clip)
 
 
 def _time(value: Any, handler: Any) -> datetime | None:
@@ -50,7 +88,7 @@ def _mapping(value: Any) -> Any:
 
 OptTime = Annotated[datetime | None, WrapValidator(_time)]
 StrMap = Annotated[
-    dict[Annotated[str, Field(max_length=MAX_NAME)], Annotated[str, Field(max_length=MAX_TEXT)]],
+    dict[Annotated[str, _clipped(MAX_NAME, key=True)], Annotated[str, _clipped(MAX_TEXT)]],
     BeforeValidator(_mapping),
 ]
 
@@ -65,8 +103,8 @@ class WebhookAlert(_Payload):
     annotations: StrMap = Field(default_factory=dict)
     starts_at: OptTime = Field(None, alias="startsAt")
     ends_at: OptTime = Field(None, alias="endsAt")
-    generator_url: str = Field("", alias="generatorURL", max_length=MAX_TEXT)
-    fingerprint: str = Field("", max_length=128)
+    generator_url: Annotated[str, _clipped(MAX_TEXT)] = Field("", alias="generatorURL")
+    fingerprint: Annotated[str, _clipped(MAX_FINGERPRINT, key=True)] = ""
 
     @property
     def key(self) -> str:
@@ -82,15 +120,33 @@ class WebhookAlert(_Payload):
 
 class WebhookPayload(_Payload):
     version: Literal["4"]
-    group_key: str = Field(..., alias="groupKey", min_length=1, max_length=MAX_KEY)
-    truncated_alerts: int = Field(0, alias="truncatedAlerts", ge=0, le=2**31)
+    group_key: Annotated[str, _clipped(MAX_KEY, key=True)] = Field(..., alias="groupKey", min_length=1)
+    truncated_alerts: int = Field(0, alias="truncatedAlerts", ge=0)
     status: AlertStatus
-    receiver: str = Field(..., min_length=1, max_length=MAX_NAME)
+    receiver: Annotated[str, _clipped(MAX_NAME, key=True)] = Field(..., min_length=1)
     group_labels: StrMap = Field(default_factory=dict, alias="groupLabels")
     common_labels: StrMap = Field(default_factory=dict, alias="commonLabels")
     common_annotations: StrMap = Field(default_factory=dict, alias="commonAnnotations")
-    external_url: str = Field("", alias="externalURL", max_length=MAX_TEXT)
-    alerts: list[WebhookAlert] = Field(default_factory=list, max_length=100_000)
+    external_url: Annotated[str, _clipped(MAX_TEXT)] = Field("", alias="externalURL")
+    alerts: list[WebhookAlert] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _keep_the_first_alerts(cls, data: Any) -> Any:
+        """More than :data:`MAX_ALERTS` alerts: the first are kept, the rest counted as truncated
+        (as Alertmanager's own ``max_alerts`` does), never a refusal."""
+        if isinstance(data, dict) and isinstance(data.get("alerts"), list) and len(data["alerts"]) > MAX_ALERTS:
+            extra = len(data["alerts"]) - MAX_ALERTS
+            before = data.get("truncatedAlerts", data.get("truncated_alerts", 0))
+            data = {k: v for k, v in data.items() if k != "truncated_alerts"}
+            data["alerts"] = data["alerts"][:MAX_ALERTS]
+            data["truncatedAlerts"] = before + extra if type(before) is int and before >= 0 else before
+        return data
+
+    @field_validator("truncated_alerts")
+    @classmethod
+    def _fits_a_column(cls, value: int) -> int:
+        return min(value, MAX_TRUNCATED)
 
 
 def label_fingerprint(labels: dict[str, str]) -> str:
@@ -261,6 +317,7 @@ class IncidentView(_View):
     silenced_until: datetime | None
     firing: int
     resolved: int
+    truncated: int = Field(0, description="alerts of the group left out of the latest delivery (truncatedAlerts)")
     alerts: list[AlertView] = Field(default_factory=list)
     timeline: list[TimelineEntry] = Field(default_factory=list)
 

@@ -327,7 +327,8 @@ def render_incident(
     header.data["footer"] = {"text": budget.text(footer, MAX_FOOTER)}
     info = [
         ("Severity", incident.severity or "—"),
-        ("Alerts", f"{incident.firing} firing, {incident.resolved} resolved"),
+        ("Alerts", f"{incident.firing} firing, {incident.resolved} resolved"
+                   + (f", {incident.truncated} more not sent (too many in one notification)" if incident.truncated else "")),
     ]
     if incident.service:
         info.append(("Service", incident.service))

@@ -14,6 +14,7 @@ No import of config here: :class:`Router` takes any objects with the route attri
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -160,6 +161,59 @@ def matches_all(matchers: Iterable[Matcher], labels: Mapping[str, str]) -> bool:
     return all(m.matches(labels) for m in matchers)
 
 
+# -------------------------------------------------------------------------------- silence scope
+
+# Values a label may take, unlike each other (letters, digits, punctuation, a space, non-ASCII):
+# a regex that matches all of them, or the empty string, cannot tell alerts apart.
+_PROBES = ("a", "Z", "0", "x-y_z.1", "HighErrorRate", "prod", "chat-gui", "critical", "web-1:9100",
+           "a b", "é", "/", "opsbot-probe-7f3a")
+_PROBE_SECONDS = 0.25  # for all probes of one matcher; a slower regex counts as matching anything
+
+
+def matches_any_value(m: Matcher) -> bool:
+    """True when a matcher does not narrow what it selects: a negative one (``!=``, ``!~``: all but
+    some), one that matches the empty string (a missing label), or a regex that matches every probe
+    value (``.+``, ``.*``, ``[^/]*.+`` …). Fails closed: a regex too slow to check counts as broad.
+
+    Regexes are checked with the ``regex`` module under a timeout, anchored as Alertmanager does."""
+    if not m.is_equal:
+        return True
+    if not m.is_regex:
+        return m.value == ""
+    import regex
+
+    try:
+        pattern = regex.compile(m.value, regex.DOTALL)
+        deadline = time.monotonic() + _PROBE_SECONDS
+        for probe in ("", *_PROBES):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return True
+            hit = pattern.fullmatch(probe, timeout=left, concurrent=True) is not None
+            if probe == "" and hit:
+                return True
+            if probe and not hit:
+                return False
+    except (regex.error, TimeoutError):
+        return True
+    return True
+
+
+def too_broad(matchers: Sequence[Matcher], env_label: str = "env", *, whole_env: bool = False) -> str | None:
+    """Why a silence with these matchers would mute every alert, or every alert of an env; None if
+    it is narrower. It needs a positive matcher that can tell alerts apart on a label other than the
+    env label (``alertname="Foo"``, ``service=~"chat|auth"``), or with ``whole_env`` at least one on
+    the env label. Runs user regexes: call it off the loop."""
+    narrowing = [m for m in matchers if not matches_any_value(m)]
+    if any(m.name != env_label for m in narrowing) or (whole_env and narrowing):
+        return None
+    if narrowing:
+        return (f"those matchers match every alert of an env ({', '.join(str(m) for m in narrowing)}); "
+                "add one that names what to silence, e.g. `alertname=HighLatency` or `service=\"chat\"`")
+    return ("those matchers match every alert; add one that names what to silence, "
+            "e.g. `alertname=HighLatency` or `service=\"chat\"`")
+
+
 # -------------------------------------------------------------------------------- routing
 
 
@@ -219,6 +273,13 @@ class Router:
             for i, r in enumerate(routes)
         ]
         return cls(RouteTarget(default_channel, tuple(default_mentions), default_escalation, None), built)
+
+    def quiet(self) -> Router:
+        """The same channels with no mentions and no escalation (sample alerts: they ping nobody)."""
+        def hush(t: RouteTarget) -> RouteTarget:
+            return RouteTarget(t.channel, (), None, t.route)
+
+        return Router(hush(self.default), [_Route(r.matchers, hush(r.target), r.cont) for r in self.routes])
 
     def route(self, labels: Mapping[str, str]) -> list[RouteTarget]:
         """The targets for an alert group with these (common) labels; never empty."""

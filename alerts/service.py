@@ -56,12 +56,13 @@ from alerts.models import (
 from alerts.notify import Notifier, OutMessage
 from alerts.outbox import Outbox
 from alerts.render import RenderOptions, render_incident, render_notice, render_timeline
-from alerts.routing import Matcher, MatcherError, Router, parse_matchers
+from alerts.routing import Matcher, MatcherError, Router, parse_matchers, too_broad
 from alerts.stats import ResponseStats, response_stats
 from alerts.store import AlertStore, MessageWork, StoreOptions, TimelineWork
 from alerts.watchdog import Watchdog, last_heartbeat, record_heartbeat
 from commands.catalog import UserError
 from commands.db import Database, utcnow
+from commands.metrics import public_url
 from commands.timeutil import parse_duration, short
 from config.settings import Settings
 
@@ -168,6 +169,7 @@ class AlertService:
             user=cfg.webhook_user,
             allow_unauthenticated=cfg.allow_unauthenticated,
             max_body_bytes=cfg.max_body_bytes,
+            on_too_large=self._notice,
         )
         self.watchdog = (
             Watchdog(cfg.watchdog_alertname, timedelta(minutes=cfg.watchdog_minutes), clock)
@@ -273,11 +275,11 @@ class AlertService:
 
     # ------------------------------------------------------------------------ intake
 
-    async def ingest(self, payload: WebhookPayload | dict[str, Any]) -> IngestResult:
+    async def ingest(self, payload: WebhookPayload | dict[str, Any], *, router: Router | None = None) -> IngestResult:
         """Store one webhook payload (persisted when this returns) and wake the senders."""
         if not isinstance(payload, WebhookPayload):
             payload = WebhookPayload.model_validate(payload)
-        outcome = await self._db.run(self.store.ingest, payload, self.router)
+        outcome = await self._db.run(self.store.ingest, payload, router or self.router)
         if outcome.result.heartbeat and self.watchdog is not None:
             now = self._clock()
             await self._db.run(record_heartbeat, self._db, self.watchdog.alertname, now)
@@ -389,7 +391,6 @@ class AlertService:
         The message then shows "silenced by X until T" and the timeline records it.
         """
         length = self._duration(duration)
-        client = self._client()
         incident = await self._db.run(self.store.silence_target, incident_id)
         labels = {k: v for k, v in incident.common_labels.items() if v} or {
             k: v for k, v in incident.group_labels.items() if v
@@ -399,6 +400,12 @@ class AlertService:
                 f"incident #{incident_id} has no labels common to its alerts; use `!silence` with matchers"
             )
         matchers = [Matcher(k, "=", v) for k, v in sorted(labels.items())]
+        if too_broad(matchers, self.config.env_label):  # no regexes here: quick
+            raise UserError(
+                f"the alerts of incident #{incident_id} share no label but the env, so silencing it would "
+                "silence the whole env; use `!silence` with matchers that name what to silence"
+            )
+        client = self._client()
         where = " ".join(p for p in (incident.service, incident.env) if p)
         comment = f"opsbot incident #{incident_id}: {incident.title}" + (f" ({where})" if where else "")
         comment += f", silenced from Discord by {user_name}"
@@ -436,17 +443,21 @@ class AlertService:
         self.outbox.wake(await self._db.run(self.store.clear_silence, silence_id, reason))
 
     async def create_silence(
-        self, matchers_text: str, duration: timedelta | str, comment: str, user_name: str
+        self, matchers_text: str, duration: timedelta | str, comment: str, user_name: str, *, whole_env: bool = False
     ) -> SilenceView:
-        """``!silence alertname=Foo service=~"chat.*" 2h db upgrade``."""
+        """``!silence alertname=Foo service=~"chat.*" 2h db upgrade``.
+
+        Matchers that would mute every alert are refused; so are those that mute every alert of an
+        env, unless ``whole_env`` (a maintenance window over all of an env's services)."""
         try:
             matchers = parse_matchers(matchers_text)
         except MatcherError as e:
             raise UserError(f"bad matchers: {e}") from None
         if not matchers:
             raise UserError('a silence needs matchers, e.g. `alertname=HighLatency service="chat"`')
-        if all(m.matches({}) for m in matchers):
-            raise UserError("those matchers match every alert; add one that needs a label value")
+        broad = await asyncio.to_thread(too_broad, matchers, self.config.env_label, whole_env=whole_env)
+        if broad:
+            raise UserError(broad)
         comment = " ".join(comment.split())
         if not comment:
             raise UserError("a silence needs a comment: why is it silenced?")
@@ -506,10 +517,13 @@ class AlertService:
         severity: str = "critical",
         alertname: str = "HighErrorRate",
         alerts: int = 2,
+        pages: bool = False,
     ) -> IncidentView:
         """Fire a realistic alert group through the intake path (the demo, without Alertmanager).
 
-        Calling it again for the same service/env/alertname adds alerts to the open incident.
+        Calling it again for the same service/env/alertname adds alerts to the open incident. It
+        goes to the channel its route names but, unless ``pages``, mentions nobody and starts no
+        escalation: ``!testalert`` never pages or pings anyone (tests of escalation pass ``pages``).
         """
         now = self._clock()
         labels = {"alertname": alertname, "severity": severity}
@@ -549,7 +563,7 @@ class AlertService:
                 "alerts": items,
             }
         )
-        result = await self.ingest(payload)
+        result = await self.ingest(payload, router=self.router if pages else self.router.quiet())
         assert result.incident_id is not None
         return await self.incident(result.incident_id)
 
@@ -689,7 +703,7 @@ def sample_generator_url(prometheus_url: str | None, service: str, env: str) -> 
     where = f'service="{service}", env="{env}"'
     expr = (f'sum(rate(http_requests_total{{{where}, code=~"5.."}}[5m])) '
             f"/ sum(rate(http_requests_total{{{where}}}[5m])) > 0.05")
-    base = (prometheus_url or "http://prometheus.example.com").rstrip("/")
+    base = public_url(prometheus_url or "http://prometheus.example.com")  # a link in chat: no credentials
     return f"{base}/graph?{urlencode({'g0.expr': expr, 'g0.tab': '0'})}"
 
 

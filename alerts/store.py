@@ -426,8 +426,8 @@ class AlertStore:
             title=_title(payload),
             severity=None,
             severity_rank=self.rank(None),
-            service=self._label(payload, self.options.service_label),
-            env=self._label(payload, self.options.env_label),
+            service=self._label(payload, self.options.service_label, 128),
+            env=self._label(payload, self.options.env_label, 64),
             channel=targets[0].channel,
             escalation=targets[0].escalation,
             opened_at=now,
@@ -450,9 +450,10 @@ class AlertStore:
         return incident
 
     @staticmethod
-    def _label(payload: WebhookPayload, name: str) -> str | None:
+    def _label(payload: WebhookPayload, name: str, limit: int) -> str | None:
+        """A label for a column of ``limit`` characters (PostgreSQL refuses longer ones)."""
         value = payload.common_labels.get(name) or payload.group_labels.get(name)
-        return value[:128] if value else None
+        return value[:limit] if value else None
 
     def _apply(
         self,
@@ -843,6 +844,7 @@ class AlertStore:
             silence_id=row.silence_id,
             silenced_by=row.silenced_by,
             silenced_until=row.silenced_until,
+            truncated=row.truncated_alerts or 0,
             firing=counts.get("firing", 0),
             resolved=counts.get("resolved", 0),
             alerts=alert_views,

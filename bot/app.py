@@ -259,7 +259,9 @@ class OpsBot(commands.Bot):
             command_prefix=commands.when_mentioned_or(app.settings.command_prefix),
             intents=intents,
             help_command=None,  # our own !help uses the permission checks (bot.exts.core)
-            allowed_mentions=discord.AllowedMentions(everyone=False, users=True, roles=True),
+            # Nothing pings unless a send names whom (escalation pages, !oncall hand-offs): text the
+            # bot repeats (a freeze reason, an alert label) must not ping on every !status.
+            allowed_mentions=discord.AllowedMentions.none(),
             case_insensitive=True,
         )
         self.app = app

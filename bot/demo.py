@@ -24,8 +24,8 @@ WELCOME = """\
 services `chat`, `chat-gui`, `modbot`, `auth`, `strims` in `dev`, `staging` and `prod`.
 Try `!help`, `!status`, `!status chat-gui prod`, `!deploy chat-gui staging v1.5.1`,
 `!deploy auth staging v1.6.0-broken` (watch it roll back), `!history chat-gui staging`, `!logs auth prod`,
-`!testalert chat prod` (then press Acknowledge or Silence; left alone, it pages whoever `!oncall` shows
-after a minute), `!perms`, `!audit`.
+`!testalert chat prod` as oncall (then press Acknowledge or Silence; a sample pages nobody),
+`!perms`, `!audit`.
 Switch user (admin, mod, oncall, member, guest) with the viewer picker to see permissions at work."""
 
 

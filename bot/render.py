@@ -32,6 +32,14 @@ def clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def inert(text: str, limit: int | None = None) -> str:
+    """Text that is not ours (alert labels, silence comments) with Discord markdown and mentions
+    made inert, clipped to ``limit`` characters first (so the cut never splits an escape)."""
+    if limit is not None:
+        text = clip(text, limit)
+    return discord.utils.escape_mentions(discord.utils.escape_markdown(text))
+
+
 def embed_size(e: discord.Embed) -> int:
     return len(e)
 

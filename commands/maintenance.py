@@ -41,7 +41,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import BigInteger, Integer, String, Text, select, update
+from sqlalchemy import BigInteger, Integer, String, Text, func, select, update
 from sqlalchemy.orm import Mapped, mapped_column
 
 from commands.audit import AuditLog
@@ -69,6 +69,7 @@ END_JOB = "commands.maintenance:run_end"
 RECURRING_JOB = "commands.maintenance:run_recurring"
 RECURRING_PREFIX = "recurring:"
 ALL = "all"
+OPEN_STATES = ("scheduled", "starting", "active", "ending")  # counted against maintenance.max_open_windows
 
 State = Literal["scheduled", "starting", "active", "ending", "done", "cancelled", "missed"]
 Outcome = Literal["ok", "failed", "skipped"]
@@ -189,7 +190,7 @@ class Silencer(Protocol):
     """What windows need of the alerts service (:class:`alerts.service.AlertService`)."""
 
     async def create_silence(self, matchers_text: str, duration: timedelta | str, comment: str,
-                             user_name: str) -> Any: ...
+                             user_name: str, *, whole_env: bool = False) -> Any: ...
 
     async def expire_silence(self, silence_id: str, user_name: str = "") -> None: ...
 
@@ -305,6 +306,15 @@ class MaintenanceService:
 
         def add() -> WindowView:
             with self.db.session() as session:
+                if source == "command":  # chat may not pile windows up; recurring ones come from the config
+                    self.db.exclusive(session, f"maintenance-open:{env}")  # count and insert as one, across replicas
+                    open_now = session.scalar(select(func.count()).select_from(WindowRow).where(
+                        WindowRow.env == env, WindowRow.state.in_(OPEN_STATES)))
+                    if (open_now or 0) >= cfg.max_open_windows:
+                        raise UserError(
+                            f"`{env}` has {open_now} open maintenance windows already (scheduled or running), the most "
+                            f"allowed (maintenance.max_open_windows); `!maintenance` lists them, "
+                            "`!maintenance cancel <id>` frees one")
                 row = WindowRow(services=json.dumps(names), env=env, starts_at=start, ends_at=end, reason=reason[:300],
                                 actions=json.dumps(acts), created_by=user_name, created_by_id=user_id, channel=channel,
                                 source=source, state="scheduled", steps="[]", created_at=now)
@@ -329,7 +339,7 @@ class MaintenanceService:
                                     misfire_grace_time=None, replace_existing=replace)
 
     async def overlapping(self, view: WindowView) -> list[WindowView]:
-        others = await self.windows(states=("scheduled", "starting", "active", "ending"), limit=200)
+        others = await self.windows(states=OPEN_STATES, limit=200)
         return [o for o in others if o.id != view.id and o.env == view.env
                 and o.starts_at < view.ends_at and view.starts_at < o.ends_at
                 and (o.everything or view.everything or set(o.services) & set(view.services))]
@@ -574,7 +584,8 @@ class MaintenanceService:
         remaining = until - self.now()
         try:
             silence = await self.silencer.create_silence(
-                matchers, remaining, f"opsbot maintenance #{view.id}: {view.reason}", f"opsbot (maintenance #{view.id})")
+                matchers, remaining, f"opsbot maintenance #{view.id}: {view.reason}", f"opsbot (maintenance #{view.id})",
+                whole_env=view.everything)  # a window over all services silences its env, on purpose
         except AlertmanagerNotConfigured as e:
             return Step(phase="start", name=name, outcome="skipped", detail=f"{e}: alerts were not silenced"), None
         except (AlertmanagerError, UserError) as e:

@@ -19,6 +19,8 @@ literally (PromQL's own braces need no escaping).
 from __future__ import annotations
 
 import ast
+import base64
+import heapq
 import asyncio
 import json
 import math
@@ -30,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any, Literal
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, quote, unquote, urlparse
 
 from commands.catalog import UserError, suggest
 from commands.models import MetricReading
@@ -40,7 +42,9 @@ MIN_RANGE = timedelta(minutes=5)
 MAX_RANGE = timedelta(days=14)
 POINTS = 240  # a chart's resolution: about one point per 4 pixels
 NICE_STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
-MAX_TABLE_ROWS = 20
+MAX_TABLE_ROWS = 20  # !query: series shown
+MAX_TABLE_CHARS = 1600  # !query: characters of the table (a chat message holds 2,000)
+MAX_LABEL_CHARS = 90  # !query: one series' label set
 
 
 # ------------------------------------------------------------------------------------ errors
@@ -150,11 +154,44 @@ def _float(text: Any) -> float:
 # ------------------------------------------------------------------------------------ client
 
 
+def public_url(url: str) -> str:
+    """``url`` without what may be a secret: the userinfo (``user:pass@``, cut at the last ``@``),
+    the query (``?token=…``) and the fragment. What chat, logs and links may show of prometheus_url."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    rest = rest.split("#", 1)[0].split("?", 1)[0]
+    authority, slash, path = rest.partition("/")
+    host = authority.rpartition("@")[2]
+    return f"{scheme}{sep}{host}{slash}{path}".rstrip("/")
+
+
+def url_secrets(url: str) -> list[str]:
+    """The parts of ``url`` that may be secrets (userinfo and its pieces, query values), longest first."""
+    rest = url.partition("://")[2] or url
+    authority = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
+    userinfo = authority.rpartition("@")[0]
+    found = [userinfo, *userinfo.split(":", 1)] if userinfo else []
+    query = url.split("#", 1)[0].partition("?")[2]
+    for pair in query.split("&"):
+        key, _, value = pair.partition("=")
+        found += [value, unquote(value)]
+    if userinfo:  # as it travels in an Authorization header, should anything echo that
+        found.append(base64.b64encode(unquote(userinfo).encode()).decode())
+    secrets = {f for f in found if len(f) >= 3}
+    return sorted(secrets | {quote(f, safe="") for f in secrets}, key=len, reverse=True)
+
+
 class PrometheusClient:
-    """``prometheus-api-client`` off the event loop: its own threads, a timeout on every call."""
+    """``prometheus-api-client`` off the event loop: its own threads, a timeout on every call.
+
+    ``url`` may carry credentials (``https://user:pass@prometheus``, ``?token=``): they are used to
+    connect, never shown. Messages name :attr:`shown_url`, and every error text is scrubbed of them."""
 
     def __init__(self, url: str, *, timeout: float = 3.0, workers: int = 4) -> None:
         self.url = url.rstrip("/")
+        self.shown_url = public_url(self.url)
+        self._secrets = [self.url, *url_secrets(self.url)]
         self.timeout = timeout
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prometheus")
         self._connection: Any = None
@@ -189,10 +226,22 @@ class PrometheusClient:
         except TimeoutError:
             raise self._slow() from None
         except Exception as err:
-            raise self._fault(err, promql) from err
+            error = self._fault(err, promql)
+            error.args = tuple(self.scrub(a) if isinstance(a, str) else a for a in error.args)
+            if isinstance(error, BadQuery):
+                error.reason = self.scrub(error.reason)
+            # Not chained: the original exception's text (and a traceback in a log) holds the URL.
+            raise error from None
+
+    def scrub(self, text: str) -> str:
+        """``text`` with the configured URL and its secrets (userinfo, query values) replaced."""
+        for secret in self._secrets:
+            if secret:
+                text = text.replace(secret, self.shown_url if secret == self.url else "***")
+        return text
 
     def _slow(self) -> PrometheusUnavailable:
-        return PrometheusUnavailable(f"Prometheus at {self.url} did not answer within {self.timeout:g} s")
+        return PrometheusUnavailable(f"Prometheus at {self.shown_url} did not answer within {self.timeout:g} s")
 
     def _fault(self, err: Exception, promql: str) -> PrometheusError:
         import requests
@@ -202,17 +251,17 @@ class PrometheusClient:
                                                   and "timed out" in str(err).lower()):
             return self._slow()  # without retries, urllib3 reports a read timeout as a connection error
         if isinstance(err, requests.ConnectionError):
-            return PrometheusUnavailable(f"cannot reach Prometheus at {self.url}: {_connection_problem(err)}")
+            return PrometheusUnavailable(f"cannot reach Prometheus at {self.shown_url}: {_connection_problem(err)}")
         if isinstance(err, PrometheusApiClientException):
             status, kind, reason = _api_error(str(err))
             if status in (400, 422) or kind in ("bad_data", "execution"):
                 return BadQuery(reason, promql)
             if status == 503 or kind in ("timeout", "canceled"):
-                return PrometheusUnavailable(f"Prometheus at {self.url} could not answer: {reason}")
-            return PrometheusError(f"Prometheus at {self.url} answered HTTP {status}: {reason}")
+                return PrometheusUnavailable(f"Prometheus at {self.shown_url} could not answer: {reason}")
+            return PrometheusError(f"Prometheus at {self.shown_url} answered HTTP {status}: {reason}")
         if isinstance(err, ValueError | KeyError):  # not Prometheus' JSON (a proxy's page?)
-            return PrometheusError(f"{self.url} did not answer like Prometheus ({type(err).__name__})")
-        return PrometheusError(f"asking Prometheus at {self.url} failed: {type(err).__name__}: {err}")
+            return PrometheusError(f"{self.shown_url} did not answer like Prometheus ({type(err).__name__})")
+        return PrometheusError(f"asking Prometheus at {self.shown_url} failed: {type(err).__name__}: {err}")
 
     async def instant(self, promql: str, at: float | None = None) -> InstantResult:
         """``/api/v1/query`` at unix time ``at`` (default: now)."""
@@ -452,7 +501,8 @@ class MetricsService:
 
     @property
     def url(self) -> str:
-        return self.client.url
+        """The Prometheus URL as it may be shown: without credentials."""
+        return self.client.shown_url
 
     async def close(self) -> None:
         await self.client.close()
@@ -606,24 +656,39 @@ def _clip(text: str, limit: int) -> str:
 # ------------------------------------------------------------------------------------ !query table
 
 
-def result_table(result: InstantResult, limit: int = MAX_TABLE_ROWS) -> tuple[str, int]:
-    """An instant result as aligned text lines (largest values first); returns (text, rows not shown)."""
+def result_table(result: InstantResult, limit: int = MAX_TABLE_ROWS,
+                 max_chars: int = MAX_TABLE_CHARS) -> tuple[str, int]:
+    """An instant result as aligned text lines (largest values first); returns (text, rows not shown).
+
+    Bounded whatever Prometheus answers: at most ``limit`` rows and ``max_chars`` characters, a
+    label set cut at :data:`MAX_LABEL_CHARS`, a range vector as its last value and sample count
+    (not its points). Only the rows shown are formatted, and picking them is O(n log limit)."""
     if result.kind == "scalar":
         return f"scalar  {_number(result.scalar)}", 0
     if result.kind == "string":
-        return f"string  {result.text!r}", 0
+        return f"string  {_clip(repr(result.text), MAX_LABEL_CHARS * 2)}", 0
     if result.kind == "matrix":
-        rows = [(_labels(s.labels), f"{_number(s.points[-1][1]) if s.points else '—'}  ({len(s.points)} samples)")
-                for s in result.series]
+        total = len(result.series)
+        rows = [(_clip(_labels(s.labels), MAX_LABEL_CHARS),
+                 f"{_number(s.points[-1][1]) if s.points else '—'}  ({len(s.points)} samples)")
+                for s in result.series[:limit]]
     else:
-        ordered = sorted(result.samples, key=lambda s: (math.isnan(s.value), -s.value if not math.isnan(s.value) else 0))
-        rows = [(_labels(s.labels), _number(s.value)) for s in ordered]
+        total = len(result.samples)
+        chosen = heapq.nsmallest(limit, result.samples,
+                                 key=lambda s: (math.isnan(s.value), -s.value if not math.isnan(s.value) else 0))
+        rows = [(_clip(_labels(s.labels), MAX_LABEL_CHARS), _number(s.value)) for s in chosen]
     if not rows:
         return "", 0
-    shown = rows[:limit]
-    width = min(max(len(r[0]) for r in shown), 90)
-    lines = [f"{_clip(label, 90):<{width}}  {value}" for label, value in shown]
-    return "\n".join(lines), len(rows) - len(shown)
+    width = max(len(r[0]) for r in rows)
+    lines: list[str] = []
+    used = 0
+    for label, value in rows:
+        line = f"{label:<{width}}  {value}"
+        if lines and used + len(line) + 1 > max_chars:
+            break
+        lines.append(line[:max_chars])
+        used += len(line) + 1
+    return "\n".join(lines), total - len(lines)
 
 
 def _labels(labels: Mapping[str, str]) -> str:

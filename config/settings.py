@@ -517,6 +517,9 @@ class MaintenanceConfig(_Model):
     max_duration: Duration = Field(timedelta(hours=24), description="longest window (and extension)")
     max_ahead: Duration = Field(timedelta(days=90), description="how far ahead a window may start")
     job_timeout: Duration = Field(timedelta(minutes=30), description="how long a window's run-job is watched")
+    max_open_windows: int = Field(
+        20, ge=1, le=1000,
+        description="open (scheduled, starting, running) windows per env; `!maintenance schedule` beyond it is refused")
     recurring: dict[TaskName, RecurringTask] = Field(
         default_factory=dict,
         description="name -> a scheduled chore: window, prune, run-job, tls-check or digest")

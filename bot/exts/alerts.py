@@ -16,7 +16,7 @@ from alerts.alertmanager import AlertmanagerError
 from alerts.render import incident_line
 from alerts.stats import Durations, GroupStats, ResponseStats
 from bot.checks import member_allows, requires
-from bot.render import BLUE, RED, clip
+from bot.render import BLUE, RED, clip, inert
 from commands.catalog import UserError
 from commands.timeutil import parse_duration, short
 
@@ -233,9 +233,10 @@ class Alerts(commands.Cog):
                           colour=RED if live else BLUE)
         lines = []
         for a in live[:40]:
-            where = " ".join(x for x in (a.service, a.env) if x)
+            where = inert(" ".join(x for x in (a.service, a.env) if x), 100)
             muted = " 🔕" if a.silenced_by else ""
-            lines.append(f"**{a.alertname}** {a.severity or ''} {where}{muted} — {clip(a.summary, 120)}")
+            lines.append(f"**{inert(a.alertname, 100)}** {inert(a.severity or '', 30)} {where}{muted} — "
+                         f"{inert(a.summary, 120)}")
         if len(live) > 40:
             lines.append(f"+{len(live) - 40} more")
         e.description = clip("\n".join(lines) or "Nothing is firing.", 4096)
@@ -248,8 +249,8 @@ class Alerts(commands.Cog):
         found = await self.app.alerts.silences()
         e = discord.Embed(title="Silences", colour=BLUE)
         e.description = clip("\n".join(
-            f"`{s.id[:8]}` {s.state} until <t:{int(s.ends_at.timestamp())}:f> by {s.created_by}: "
-            f"{clip(s.matchers_text, 150)} — {clip(s.comment, 120)}" for s in found) or "No silences.", 4096)
+            f"`{inert(s.id[:8])}` {inert(s.state)} until <t:{int(s.ends_at.timestamp())}:f> by {inert(s.created_by, 60)}: "
+            f"{inert(s.matchers_text, 150)} — {inert(s.comment, 120)}" for s in found) or "No silences.", 4096)
         await ctx.send(embed=e, allowed_mentions=discord.AllowedMentions.none())
 
     @commands.hybrid_command(name="silence")
@@ -277,13 +278,16 @@ class Alerts(commands.Cog):
                        allowed_mentions=discord.AllowedMentions.none())
 
     @commands.hybrid_command(name="testalert")
-    @requires("alerts")
+    @requires("silence")
     async def testalert(self, ctx: commands.Context[Any], service: str = "chat", env: str = "prod",
                         severity: str = "critical") -> None:
-        """Fire a sample alert group through the real intake path (to try the pipeline and buttons)."""
+        """Fire a sample alert group through the real intake path (to try the pipeline and buttons).
+
+        It posts an incident, so it needs more than the read-only `alerts` grant (`silence`); it
+        mentions nobody and pages nobody (no escalation)."""
         service, env = self.app.catalog.service(service), self.app.catalog.env(env)
         incident = await self.app.alerts.sample_alert(service, env, severity=severity)
-        await self._audit(ctx, "alerts", {"op": "testalert", "service": service, "env": env}, f"incident {incident.id}")
+        await self._audit(ctx, "silence", {"op": "testalert", "service": service, "env": env}, f"incident {incident.id}")
         await ctx.send(f"🧪 sample incident #{incident.id} fired for `{service}` in `{env}`; "
                        f"it appears in #{incident.channel}", allowed_mentions=discord.AllowedMentions.none())
 

@@ -258,7 +258,7 @@ def make_settings(tmp_path: Path, **alerts: Any) -> Settings:
 
 
 # The modules whose tests store incidents run on both backends (``alerts_backend``).
-DB_MODULES = {"test_alertmanager", "test_intake", "test_lifecycle", "test_outbox",
+DB_MODULES = {"test_alertmanager", "test_intake", "test_intake_limits", "test_lifecycle", "test_outbox",
               "test_service", "test_watchdog"}
 
 

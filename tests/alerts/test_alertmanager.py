@@ -347,3 +347,39 @@ async def test_wrong_token_from_alertmanager_is_401_and_retried(tmp_path: Path) 
                 assert 'integration="webhook"' in await r.text()
     finally:
         stop_alertmanager(am)
+
+
+async def test_a_100_kib_annotation_from_alertmanager_shows_in_chat(tmp_path: Path, alertmanager: AlertmanagerProc) -> None:
+    """Issue 13, finding 14: Alertmanager never resends a 4xx, so a long templated description (a
+    table, a log excerpt) must be stored cut, not refused; `!alerts` reads it from the API too."""
+    notifier = RecordingNotifier()
+    async with relay(tmp_path, alertmanager, notifier) as alerts:
+        await alerts.reconciled.wait()
+        big = am_alert("HugeDescription", instance="web-1")
+        big["annotations"]["description"] = "first line of a long table\n" + "| web-1 | 7.3% |\n" * 6400
+        assert len(big["annotations"]["description"]) > 100 * 1024
+        await alertmanager.post_alerts([big])
+        await notifier.wait_for(lambda: len(notifier.messages) == 1)
+        [msg] = notifier.messages.values()
+        assert "HugeDescription" in msg.title and "first line of a long table" in msg.text
+        [stored] = (await alerts.incident(1)).alerts
+        assert "truncated by opsbot" in stored.annotations["description"]
+        assert alerts.intake.counts == {200: alerts.intake.counts[200]}  # nothing refused
+        [live] = await alerts.live_alerts("chat")
+        assert live.alertname == "HugeDescription" and "truncated by opsbot" in live.annotations["description"]
+
+
+async def test_silences_that_mute_everything_or_an_env_are_refused(tmp_path: Path, alertmanager: AlertmanagerProc) -> None:
+    """Issue 13, finding 8: the "match everything" guard also knows regexes and negative matchers."""
+    async with relay(tmp_path, alertmanager) as alerts:
+        for broad in ('alertname=~".+"', 'alertname!=""', 'alertname=~".*"', 'env="prod"', 'env=prod alertname!~"X"',
+                      'service=~"(a|.)+"', 'alertname=~"Foo|"'):
+            with pytest.raises(UserError, match="match every alert"):
+                await alerts.create_silence(broad, "1h", "x", "mod")
+        assert await alerts.silences() == []
+        # A maintenance window over every service of an env silences that env on purpose; never all envs.
+        s = await alerts.create_silence('env="prod"', "1h", "maintenance", "opsbot", whole_env=True)
+        assert s.matchers == ['env="prod"']
+        with pytest.raises(UserError, match="match every alert"):
+            await alerts.create_silence('alertname=~".+"', "1h", "maintenance", "opsbot", whole_env=True)
+        assert [x.id for x in await alerts.silences()] == [s.id]

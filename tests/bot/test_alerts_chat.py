@@ -122,6 +122,28 @@ async def test_commands_read_alertmanager_and_incidents(alert_world):
     assert gone.content.startswith(f"🔔 silence `{silence_id}` expired by oncall")
 
 
+async def test_alert_text_and_silences_are_shown_inert(alert_world):
+    """Labels, annotations and silence comments come from anywhere: no markdown, no mentions."""
+    world, am = alert_world
+    hostile = am_alert("Disk_Full", service="auth", env="staging", severity="warning")
+    hostile["annotations"]["summary"] = "**bold** <@&1234> @everyone `code` ||spoiler||"
+    await am.post_alerts([hostile])
+    await wait_until(lambda: alert_messages(world), what="the alert message")
+    (live_embed,) = (await say(world, "oncall", "!alerts auth")).embeds
+    text = live_embed.description
+    assert "Disk\\_Full" in text and "\\*\\*bold\\*\\*" in text and "\\|\\|spoiler\\|\\|" in text
+    assert "@everyone" not in text and "\\`code\\`" in text
+    async with am.client() as client:
+        from alerts.routing import parse_matchers
+
+        await client.create_silence(parse_matchers('alertname="Disk_Full"'), starts_at=datetime.now(UTC),
+                                    ends_at=datetime.now(UTC) + timedelta(hours=1), created_by="**someone**",
+                                    comment="ask @everyone in ~~ops~~")
+    (listed,) = (await say(world, "mod", "!silences")).embeds
+    assert "\\*\\*someone\\*\\*" in listed.description and "\\~\\~ops\\~\\~" in listed.description
+    assert "@everyone" not in listed.description and "Disk\\_Full" in listed.description
+
+
 async def test_alertmanager_down_is_a_message(world):
     reply = await say(world, "oncall", "!alerts")
     assert reply.content.startswith("⚠️ ")
@@ -129,7 +151,7 @@ async def test_alertmanager_down_is_a_message(world):
 
 
 async def test_sample_alert_for_the_demo(world):
-    reply = await say(world, "mod", "!testalert strims staging warning")
+    reply = await say(world, "oncall", "!testalert strims staging warning")
     assert reply.content.startswith("🧪 sample incident #")
     msgs = await wait_until(lambda: alert_messages(world), what="the sample alert")
     assert "strims" in embed_text(msgs[0])

@@ -287,3 +287,23 @@ async def test_freeze_until_a_time_in_the_teams_zone(mworld):
     assert reply.content.startswith("⚠️ cannot read the time after `until`")
     reply = await say(world, "admin", "!freeze prod 30d forever")
     assert reply.content == "⚠️ a freeze duration can be at most 14d"
+
+
+async def test_open_windows_per_env_are_capped(mworld):
+    """Issue 13, finding 7: chat cannot pile up windows (each holds jobs, a silence, announcements)."""
+    world, _ = mworld
+    world.app.settings.maintenance.max_open_windows = 3
+    for i in range(3):
+        reply = await say(world, "admin", f"!maintenance schedule chat dev in {i + 1}h 15m chore {i}")
+        assert f"#{i + 1}" in embed_text(reply)
+    refused = await say(world, "admin", "!maintenance schedule auth dev in 5h 15m one too many")
+    assert refused.content == (
+        "⚠️ `dev` has 3 open maintenance windows already (scheduled or running), the most allowed "
+        "(maintenance.max_open_windows); `!maintenance` lists them, `!maintenance cancel <id>` frees one")
+    assert len(await world.app.maintenance.windows()) == 3
+    jobs = [j.id for j in await world.app.scheduler.jobs("maint:")]
+    assert len(jobs) == 6, jobs  # start and end of the three: none for the refused one
+    # Per env: staging is not affected; a cancelled window frees its place.
+    assert "#4" in embed_text(await say(world, "admin", "!maintenance schedule chat staging in 1h 15m other env"))
+    assert (await say(world, "admin", "!maintenance cancel 1")).content.startswith("✖️ maintenance #1")
+    assert "#5" in embed_text(await say(world, "admin", "!maintenance schedule auth dev in 5h 15m now it fits"))

@@ -84,7 +84,7 @@ def ts(when: datetime, style: str = "R") -> str:
 
 async def fire(world: World, severity: str = "critical", service: str = "chat", env: str = "prod"):
     """A sample incident through the real intake; returns it once its message is up and escalating."""
-    incident = await world.app.alerts.sample_alert(service, env, severity=severity)
+    incident = await world.app.alerts.sample_alert(service, env, severity=severity, pages=True)
 
     async def escalating():
         return await world.app.escalation.state(incident.id)

@@ -33,7 +33,7 @@ MATRIX: dict[str, tuple[str, set[str]]] = {
     "!logs chat prod --tail 5": ("logs", {"admin", "mod", "oncall"}),
     "!incidents": ("alerts", {"admin", "mod", "oncall"}),
     "!incident 999": ("alerts", {"admin", "mod", "oncall"}),
-    "!testalert chat dev warning": ("alerts", {"admin", "mod", "oncall"}),
+    "!testalert chat dev warning": ("silence", {"admin", "oncall"}),  # it posts; read-only `alerts` is not enough
     "!ack 999": ("ack", {"admin", "oncall"}),
     "!unack 999": ("ack", {"admin", "oncall"}),
     "!alerts": ("alerts", {"admin", "mod", "oncall"}),

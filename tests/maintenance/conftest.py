@@ -42,7 +42,9 @@ class FakeSilencer:
         self.fail: Exception | None = None
         self._ids = itertools.count(1)
 
-    async def create_silence(self, matchers_text: str, duration: timedelta | str, comment: str, user_name: str) -> Any:
+    async def create_silence(self, matchers_text: str, duration: timedelta | str, comment: str, user_name: str,
+                             *, whole_env: bool = False) -> Any:
+        self.whole_env = whole_env
         if self.fail:
             e, self.fail = self.fail, None
             raise e
