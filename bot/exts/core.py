@@ -11,6 +11,7 @@ import discord
 from discord.ext import commands
 
 from bot.checks import MUTATING, Denied, Draining, NotConfigured, check_invoke, parsed_args, requirement_of, requires, role_ids
+from bot.options import OptionError, bad_argument_message, spec_of, surplus_message
 from bot.render import BLUE, RED, clip
 from alerts.alertmanager import AlertmanagerError
 from commands.catalog import UserError, suggest
@@ -25,7 +26,9 @@ def usage(ctx: commands.Context[Any], command: commands.Command[Any, ..., Any] |
     if command is None:
         return ""
     prefix = ctx.bot.app.settings.command_prefix
-    return f"`{prefix}{command.qualified_name} {command.signature}`".replace(" `", "`")
+    known = spec_of(command).usage()  # the options it knows: `[--dry-run] [--force]`
+    signature = command.signature.replace("[options]", known) if known else command.signature
+    return f"`{prefix}{command.qualified_name} {signature}`".replace(" `", "`")
 
 
 class Core(commands.Cog):
@@ -87,9 +90,10 @@ class Core(commands.Cog):
         elif isinstance(error, commands.MissingRequiredArgument):
             text = f"⚠️ missing `{error.param.name}` — usage: {usage(ctx)}"
         elif isinstance(error, commands.TooManyArguments):
-            text = f"⚠️ too many arguments — usage: {usage(ctx)}"
+            text = f"⚠️ {surplus_message(ctx)} — usage: {usage(ctx)}"
         elif isinstance(error, commands.UserInputError):
-            text = f"⚠️ {clip(str(error), 300)} — usage: {usage(ctx)}"
+            said = None if isinstance(error, OptionError) else bad_argument_message(ctx)
+            text = f"⚠️ {clip(said or str(error), 300)} — usage: {usage(ctx)}"
         elif isinstance(error, commands.CommandOnCooldown):
             text = f"⏳ slow down: try again in {error.retry_after:.0f}s"
         elif isinstance(error, commands.MaxConcurrencyReached):

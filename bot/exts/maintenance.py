@@ -19,6 +19,8 @@ from discord.ext import commands
 
 from bot import autocomplete
 from bot.checks import Denied, member_allows, requires
+from bot.options import Option, OptionError, OptionSpec
+from bot.options import options as takes_options
 from bot.render import BLUE, clip
 from commands.catalog import UserError
 from commands.maintenance import ALL, WindowView, parse_action
@@ -36,28 +38,18 @@ USAGE = ("`!maintenance schedule <service|all> <env> <start> <duration> <reason>
 # ----------------------------------------------------------------------------- parsing
 
 
+SCHEDULE_OPTIONS = OptionSpec((Option("--restart"), Option("--scale", "N", "2"), Option("--run-job", "CRONJOB", "db-backup"),
+                               Option("--prune")))
+
+
 def split_options(words: list[str]) -> tuple[list[str], list[str]]:
     """Pull ``--restart``, ``--scale N``, ``--run-job NAME``, ``--prune`` out of ``words``."""
-    rest, actions = [], []
-    i = 0
-    while i < len(words):
-        word = words[i]
-        if word.startswith("--"):
-            flag = word[2:].lower()
-            if flag in ("restart", "prune"):
-                actions.append(parse_action(flag))
-            elif flag in ("scale", "run-job"):
-                if i + 1 >= len(words):
-                    raise UserError(f"`--{flag}` needs a value: `--scale 2`, `--run-job db-backup`")
-                actions.append(parse_action(f"{flag} {words[i + 1]}"))
-                i += 1
-            else:
-                raise UserError(f"unknown option `{word}`; options: `--restart`, `--scale N`, `--run-job CRONJOB`, "
-                                "`--prune`")
-        else:
-            rest.append(word)
-        i += 1
-    return rest, actions
+    try:
+        given = SCHEDULE_OPTIONS.parse(words, "!maintenance schedule")
+    except OptionError as e:
+        raise UserError(str(e)) from None
+    actions = [parse_action(name[2:] if value is True else f"{name[2:]} {value}") for name, value in given.values.items()]
+    return given.words, actions
 
 
 def _looks_like_duration(word: str) -> bool:
@@ -204,6 +196,7 @@ class Maintenance(commands.Cog):
     @app_commands.describe(service="a service, or all", env="the env",
                            details='<start> <duration> <reason> [--restart] [--scale N] [--run-job CRONJOB] [--prune]')
     @requires("maintenance")
+    @takes_options(*SCHEDULE_OPTIONS.options)
     async def schedule(self, ctx: commands.Context[Any], service: str, env: str, *, details: str) -> None:
         """Plan a window: at its start a silence, an announcement and the actions; at its end a report."""
         app = self.app
