@@ -46,7 +46,8 @@ class Plan(BaseModel):
     image: str | None = None  # deploy only
     revision: int | None = None  # rollback only: the revision to go back to
     promoted_from: str | None = None  # deploy without a version: the env it was taken from
-    notes: list[str] = []  # said with the plan: revisions a rollback skipped, a known-bad target
+    notes: list[str] = []  # said with the plan: the revisions a default rollback skipped, and why
+    warning: str | None = None  # an explicit rollback target known bad: kept (kubectl semantics), said
 
     def describe(self) -> str:
         if self.kind == "deploy":
@@ -156,7 +157,7 @@ class Deployer:
         current = next((r for r in revisions if r.current), None)
         others = [r for r in revisions if not r.current]
         bad = await self.known_bad(service, env)
-        notes = []
+        notes, warning = [], None
         if revision is None:
             if not others:
                 raise UserError(f"`{service}` in `{env}` has no earlier revision to roll back to")
@@ -176,18 +177,19 @@ class Deployer:
             if chosen.current:
                 raise UserError(f"revision {revision} ({chosen.version}) is what `{service}` runs in `{env}` now")
             if chosen.version in bad:
-                notes.append(f"revision {chosen.revision} ({chosen.version}) is known bad: {bad[chosen.version or '']}")
+                warning = f"revision {chosen.revision} ({chosen.version}) is known bad: {bad[chosen.version or '']}"
         return Plan(kind="rollback", service=service, env=env,
                     from_version=current.version if current else None,
-                    to_version=chosen.version, revision=chosen.revision, notes=notes)
+                    to_version=chosen.version, revision=chosen.revision, notes=notes, warning=warning)
 
     async def known_bad(self, service: str, env: str) -> dict[str, str]:
         """Versions whose latest rollout under the bot in ``env`` failed (a deploy, or a rollback to
         them), from the audit log, each with what happened. A version deployed fine since is good."""
-        records = await self.audit.query(service=service, env=env, limit=MAX_QUERY_LIMIT)
+        records = [r for action in ("deploy", "rollback")
+                   for r in await self.audit.query(service=service, env=env, action=action, limit=MAX_QUERY_LIMIT)]
         latest: dict[str, AuditRecord] = {}
-        for r in records:  # newest first: the first record of a version is its latest rollout
-            version = r.args.get("version") if r.action in ("deploy", "rollback") else None
+        for r in sorted(records, key=lambda r: (r.at, r.id), reverse=True):  # newest first: a version's latest
+            version = r.args.get("version")
             if isinstance(version, str) and r.result in ("ok", "rolled_back", "failed"):
                 latest.setdefault(version, r)
         return {v: f"its {r.action} by {r.user_name} failed ({r.at:%Y-%m-%d %H:%M} UTC)"

@@ -128,9 +128,6 @@ class Deploy(commands.Cog):
         if "--dry-run" in given:
             await self._dry_run(ctx, plan, force="--force" in given)
             return
-        if plan.notes:  # what a default rollback skipped, or that the revision named is known bad
-            await ctx.send("\n".join(("⚠️ " if revision is not None else "↷ ") + n for n in plan.notes),
-                           allowed_mentions=discord.AllowedMentions.none())
         await self._begin(ctx, plan, force="--force" in given)
 
     @commands.hybrid_command(name="history")
@@ -174,7 +171,7 @@ class Deploy(commands.Cog):
             change += f" (image `{plan.image}`)"
         lines = [f"**Change** {change} on {preview.platform}, {preview.where}",
                  f"**Strategy** {preview.strategy}"]
-        lines += [f"ℹ️ {n}" for n in plan.notes]
+        lines += [f"↷ {n}" for n in plan.notes] + ([f"⚠️ {plan.warning}"] if plan.warning else [])
         e.description = clip("\n".join(lines), 4096)
         e.add_field(name="Checked while it runs", value=clip("\n".join(f"• {c}" for c in preview.checks), 1024),
                     inline=False)
@@ -219,6 +216,9 @@ class Deploy(commands.Cog):
         """Refuse early if locked or frozen; confirm where the env wants it; then start."""
         await self._refuse_if_locked(plan)
         await self._refuse_if_frozen(ctx, plan, force)
+        said = [f"↷ {n}" for n in plan.notes] + ([f"⚠️ {plan.warning}"] if plan.warning else [])
+        if said:  # what a default rollback skipped, or that the revision named is known bad
+            await ctx.send(clip("\n".join(said), 2000), allowed_mentions=discord.AllowedMentions.none())
         actor = _actor(ctx, ctx.channel)
         env_cfg = self.app.settings.env(plan.env)
         if not (env_cfg.confirm or env_cfg.approvals):

@@ -95,3 +95,17 @@ async def test_docker_rollback_skips_the_release_that_failed(dockerd, container_
     assert "✅ rolled back **chat** in **dev** to **v1**" in embed_text(bot_messages(world)[-1])
     running = dockerd.api.inspect_container(container_name)
     assert running["Config"]["Image"] == "demo/chat:v1" and running["State"]["Running"]
+
+
+async def test_no_default_target_when_every_earlier_release_failed(world):
+    # dev runs chat v1.6.0-rc.1 (revision 2); its only earlier revision, v1.5.0, failed under the bot
+    # (written to the audit log as the bot writes it after a failed rollout).
+    await world.app.audit.record(user_id=1, user_name="mod", action="deploy", result="rolled_back", service="chat",
+                                 env="dev", args={"version": "v1.5.0"}, detail="v1.5.0 failed (CrashLoopBackOff)")
+    world.sandbox.reset_requests()
+    reply = await say(world, "mod", "!rollback chat dev")
+    assert reply.content.startswith("⚠️ every earlier revision of `chat` in `dev` failed its rollout under the bot "
+                                    "(1 (v1.5.0: its deploy by mod failed (")
+    assert reply.content.endswith("name one to go back to it anyway: `!rollback chat dev 1`")
+    assert {a.verb for a in world.sandbox.requests_seen()} <= {"get", "list", "watch"}
+    assert image_of(world, "chat", "dev").endswith(":v1.6.0-rc.1")
