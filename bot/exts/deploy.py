@@ -158,6 +158,7 @@ class Deploy(commands.Cog):
         """`--dry-run`: the plan and what stands in its way; no lock, no audit, no write anywhere."""
         app = self.app
         user = ctx.author
+        name = discord.utils.escape_markdown(getattr(user, "display_name", str(user)))
         env_cfg = app.settings.env(plan.env)
         preview = app.deployer.preview(plan)
         now = datetime.now(UTC)
@@ -176,10 +177,10 @@ class Deploy(commands.Cog):
         e.add_field(name="Checked while it runs", value=clip("\n".join(f"• {c}" for c in preview.checks), 1024),
                     inline=False)
         if env_cfg.approvals:
-            confirm = (f"a Confirm press by {user.display_name} (within the confirmation window), then "
+            confirm = (f"a Confirm press by {name} (within the confirmation window), then "
                        f"{env_cfg.approvals} approval(s) by someone else holding `{plan.kind}:{plan.env}`")
         elif env_cfg.confirm:
-            confirm = f"a Confirm press by {user.display_name} (within the confirmation window)"
+            confirm = f"a Confirm press by {name} (within the confirmation window)"
         else:
             confirm = "nobody: it starts at once"
         e.add_field(name="Who must confirm", value=clip(confirm, 1024), inline=False)

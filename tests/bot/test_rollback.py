@@ -88,6 +88,11 @@ async def test_docker_rollback_skips_the_release_that_failed(dockerd, container_
     assert "↩️ rolled back to **v2** automatically" in embed_text(bot_messages(world)[-1])
     assert dockerd.api.inspect_container(container_name)["Id"] == v2
 
+    text = embed_text(await say(world, "mod", "!rollback chat dev --dry-run"))
+    assert "🧪 dry run: roll back chat in dev to revision 1 (v1)" in text
+    assert f"on docker, container `{container_name}`" in text and "↷ skipped revision 3 (v3-broken)" in text
+    assert dockerd.api.inspect_container(container_name)["Id"] == v2
+
     await say(world, "mod", "!rollback chat dev")
     await finish(world)
     notes = [m.content for m in bot_messages(world) if m.content.startswith("↷ ")]
