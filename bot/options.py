@@ -207,6 +207,13 @@ def surplus_message(ctx: commands.Context[Any]) -> str:
     first = rest.split(maxsplit=1)[0] if rest else ""
     if first and is_option(first):
         return str(spec_of(ctx.command).unknown(first, invoked(ctx)))
+    if isinstance(ctx.command, commands.Group) and ctx.command.commands and ctx.subcommand_passed:
+        names = sorted(c.name for c in ctx.command.commands)
+        word = ctx.subcommand_passed
+        best = process.extractOne(word.lower(), names, scorer=fuzz.ratio, score_cutoff=60)
+        hint = f" — did you mean `{invoked(ctx)} {best[0]}`?" if best else ""
+        return (f"`{invoked(ctx)}` has no subcommand `{clean(word)}`{hint} (it has "
+                + ", ".join(f"`{n}`" for n in names) + ")")
     if rest:
         return f"`{invoked(ctx)}` takes nothing after that: `{clean(rest)}` is too many"
     return "too many arguments"

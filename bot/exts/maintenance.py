@@ -19,10 +19,10 @@ from discord.ext import commands
 
 from bot import autocomplete
 from bot.checks import Denied, member_allows, requires
-from bot.options import Option, OptionError, OptionSpec
+from bot.options import Option, OptionError, OptionSpec, clean
 from bot.options import options as takes_options
 from bot.render import BLUE, clip
-from commands.catalog import UserError
+from commands.catalog import UserError, suggest
 from commands.maintenance import ALL, WindowView, parse_action
 from commands.models import TargetState
 from commands.timeutil import parse_duration, short
@@ -176,6 +176,12 @@ class Maintenance(commands.Cog):
     async def maintenance(self, ctx: commands.Context[Any], which: str | None = None) -> None:
         """Maintenance windows (scheduled and running) and deploy freezes in force; `all` adds finished ones."""
         app = self.app
+        if which and which.lower() not in ("all", "past", "list"):
+            names = sorted(c.name for c in ctx.command.commands) if isinstance(ctx.command, commands.Group) else []
+            hint = suggest(which.lower(), names + ["all", "past"])
+            raise UserError(f"`!maintenance {clean(which)}`: no such list or subcommand"
+                            + (f" — did you mean `!maintenance {hint}`?" if hint else "")
+                            + "; `!maintenance [all]`, or " + ", ".join(f"`{n}`" for n in names))
         now = app.maintenance.now()
         states: tuple[str, ...] = ("scheduled", "starting", "active", "ending")
         if which and which.lower() in ("all", "past"):

@@ -112,6 +112,18 @@ async def test_surplus_words_and_options_are_refused_with_the_usage(world):
     assert writes(world) == set() and await world.app.audit.query() == []
 
 
+async def test_a_misspelt_subcommand_is_named(world):
+    reply = await say(world, "admin", "!maintenance scheduel chat prod tomorrow 04:00 30m db upgrade")
+    assert reply.content.startswith("⚠️ `!maintenance` has no subcommand `scheduel` — did you mean "
+                                    "`!maintenance schedule`? (it has `cancel`, `end`, `extend`, `schedule`)")
+    reply = await say(world, "admin", "!maintenance cancle")
+    assert reply.content.startswith("⚠️ `!maintenance cancle`: no such list or subcommand — did you mean "
+                                    "`!maintenance cancel`?")
+    reply = await say(world, "mod", "!oncall overide @admin 4h")
+    assert reply.content.startswith("⚠️ `!oncall` has no subcommand `overide` — did you mean `!oncall override`?")
+    assert await world.app.maintenance.windows(limit=5) == [] and await world.app.audit.query() == []
+
+
 async def test_a_reason_with_an_unknown_option_does_not_lock_or_freeze(world):
     reply = await say(world, "admin", "!lock prod chat db migration --dry-run")
     assert reply.content.startswith("⚠️ unknown option `--dry-run` for `!lock`: it takes no options")
