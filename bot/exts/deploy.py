@@ -1,5 +1,6 @@
 """`!deploy`, `!rollback`, `!history`: releases with confirmation, one live progress message,
-automatic rollback, and a line in #deploys."""
+automatic rollback, and a line in #deploys. `--dry-run` shows the plan and changes nothing; `--force`
+passes a freeze (grant `deploy:force`). A rollback without a revision skips releases that failed."""
 
 from __future__ import annotations
 
