@@ -20,7 +20,7 @@ from alerts.escalation import EscalationEngine
 from alerts.notify import OutMessage
 from alerts.oncall import OnCall
 from alerts.service import AlertService
-from bot import checks
+from bot import checks, options
 from bot.http import HttpServer
 from bot.metrics import Metrics
 from bot.notifier import DiscordNotifier, RoleSync
@@ -272,6 +272,7 @@ class OpsBot(commands.Bot):
         self.add_dynamic_items(*DYNAMIC_ITEMS)  # buttons keep answering across restarts
         for ext in EXTENSIONS:
             await self.load_extension(ext)
+        options.install(self)  # every command refuses surplus arguments and unknown `--options`
 
 
 def create_bot(app: App) -> OpsBot:

@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from commands.audit import AuditLog
+from commands.audit import MAX_QUERY_LIMIT, AuditLog, AuditRecord
 from commands.catalog import Catalog, UserError
 from commands.models import RevisionInfo, RolloutProgress
 from commands.targets.base import NotFound, Platform, PlatformError, WatchingPlatform
@@ -46,12 +46,23 @@ class Plan(BaseModel):
     image: str | None = None  # deploy only
     revision: int | None = None  # rollback only: the revision to go back to
     promoted_from: str | None = None  # deploy without a version: the env it was taken from
+    notes: list[str] = []  # said with the plan: the revisions a default rollback skipped, and why
+    warning: str | None = None  # an explicit rollback target known bad: kept (kubectl semantics), said
 
     def describe(self) -> str:
         if self.kind == "deploy":
             src = f" (promoted from {self.promoted_from})" if self.promoted_from else ""
             return f"deploy {self.service} {self.to_version} to {self.env}{src}"
         return f"roll back {self.service} in {self.env} to revision {self.revision} ({self.to_version})"
+
+
+class Preview(BaseModel):
+    """What a plan would do, for `--dry-run`: how the change is made and what is watched."""
+
+    platform: str
+    where: str
+    strategy: str
+    checks: list[str]
 
 
 class Result(BaseModel):
@@ -137,14 +148,27 @@ class Deployer:
             raise UserError(str(e)) from e
 
     async def plan_rollback(self, service: str, env: str, revision: int | None = None) -> Plan:
+        """Without ``revision``: the newest earlier revision whose version did not fail its last
+        rollout under the bot (a release rolled back automatically is not gone back to); the plan's
+        notes name what was skipped. With one: that revision, as ``kubectl rollout undo
+        --to-revision``, with a warning in the notes when it is known bad."""
         revisions = await self.history(service, env)
         service, env = self.catalog.service(service), self.catalog.env(env)
         current = next((r for r in revisions if r.current), None)
         others = [r for r in revisions if not r.current]
+        bad = await self.known_bad(service, env)
+        notes, warning = [], None
         if revision is None:
             if not others:
                 raise UserError(f"`{service}` in `{env}` has no earlier revision to roll back to")
-            chosen = others[-1]
+            chosen = next((r for r in reversed(others) if r.version not in bad), None)
+            skipped = [r for r in reversed(others) if chosen is None or r.revision > chosen.revision]
+            if chosen is None:
+                listed = ", ".join(f"{r.revision} ({r.version}: {bad[r.version or '']})" for r in skipped)
+                raise UserError(f"every earlier revision of `{service}` in `{env}` failed its rollout under the bot "
+                                f"({listed}); name one to go back to it anyway: `!rollback {service} {env} "
+                                f"{others[-1].revision}`")
+            notes += [f"skipped revision {r.revision} ({r.version}): {bad[r.version or '']}" for r in skipped]
         else:
             chosen = next((r for r in revisions if r.revision == revision), None)
             if chosen is None:
@@ -152,9 +176,51 @@ class Deployer:
                 raise UserError(f"`{service}` in `{env}` has no revision {revision}; valid: {valid}")
             if chosen.current:
                 raise UserError(f"revision {revision} ({chosen.version}) is what `{service}` runs in `{env}` now")
+            if chosen.version in bad:
+                warning = f"revision {chosen.revision} ({chosen.version}) is known bad: {bad[chosen.version or '']}"
         return Plan(kind="rollback", service=service, env=env,
                     from_version=current.version if current else None,
-                    to_version=chosen.version, revision=chosen.revision)
+                    to_version=chosen.version, revision=chosen.revision, notes=notes, warning=warning)
+
+    async def known_bad(self, service: str, env: str) -> dict[str, str]:
+        """Versions whose latest rollout under the bot in ``env`` failed (a deploy, or a rollback to
+        them), from the audit log, each with what happened. A version deployed fine since is good."""
+        records = [r for action in ("deploy", "rollback")
+                   for r in await self.audit.query(service=service, env=env, action=action, limit=MAX_QUERY_LIMIT)]
+        latest: dict[str, AuditRecord] = {}
+        for r in sorted(records, key=lambda r: (r.at, r.id), reverse=True):  # newest first: a version's latest
+            version = r.args.get("version")
+            if isinstance(version, str) and r.result in ("ok", "rolled_back", "failed"):
+                latest.setdefault(version, r)
+        return {v: f"its {r.action} by {r.user_name} failed ({r.at:%Y-%m-%d %H:%M} UTC)"
+                for v, r in latest.items() if r.result != "ok"}
+
+    def preview(self, plan: Plan) -> Preview:
+        """How ``plan`` would be carried out and watched (`--dry-run`); reads nothing."""
+        platform, target = self._platform(plan.service, plan.env)
+        env_cfg = self.catalog.settings.env(plan.env)
+        if platform.name == "docker":
+            where = f"container `{getattr(target, 'container', plan.service)}`"
+            strategy = ("the container is replaced: the new one is created and started, the running one "
+                        "stopped and kept for a rollback" if plan.kind == "deploy" else
+                        "the kept container of that revision is started again (recreated from its image if it was "
+                        "removed) and the running one stopped and kept")
+        else:
+            where = (f"Deployment `{getattr(target, 'deployment', None) or plan.service}` in namespace "
+                     f"`{getattr(target, 'namespace', None) or plan.env}`")
+            strategy = ("the Deployment's own rolling update (`kubectl set image` with a change-cause)"
+                        if plan.kind == "deploy" else
+                        "`kubectl rollout undo --to-revision`: that revision's pod template, rolled out by the "
+                        "Deployment's own strategy")
+        checks = [f"the rollout is watched until every replica is updated, ready and available, for at most "
+                  f"{env_cfg.timeout_seconds} s",
+                  "crash-looping pods, images that cannot be pulled and missed progress deadlines fail it"]
+        if plan.kind == "deploy":
+            checks.append("on failure: " + ("an automatic rollback to what runs now" if env_cfg.auto_rollback
+                                             else "no automatic rollback (off for this env)"))
+        else:
+            checks.append("on failure: an automatic rollback to what runs now")
+        return Preview(platform=platform.name, where=where, strategy=strategy, checks=checks)
 
     # ------------------------------------------------------------------ execution
 

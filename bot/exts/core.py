@@ -11,6 +11,7 @@ import discord
 from discord.ext import commands
 
 from bot.checks import MUTATING, Denied, Draining, NotConfigured, check_invoke, parsed_args, requirement_of, requires, role_ids
+from bot.options import OptionError, bad_argument_message, spec_of, surplus_message
 from bot.render import BLUE, RED, clip
 from alerts.alertmanager import AlertmanagerError
 from commands.catalog import UserError, suggest
@@ -25,7 +26,13 @@ def usage(ctx: commands.Context[Any], command: commands.Command[Any, ..., Any] |
     if command is None:
         return ""
     prefix = ctx.bot.app.settings.command_prefix
-    return f"`{prefix}{command.qualified_name} {command.signature}`".replace(" `", "`")
+    return f"`{prefix}{command.qualified_name} {signature(command)}`".replace(" `", "`")
+
+
+def signature(command: commands.Command[Any, ..., Any]) -> str:
+    """The command's arguments, with the options it knows in place of `[options]`: `[--dry-run] [--force]`."""
+    known = spec_of(command).usage()
+    return command.signature.replace("[options]", known) if known else command.signature
 
 
 class Core(commands.Cog):
@@ -87,9 +94,10 @@ class Core(commands.Cog):
         elif isinstance(error, commands.MissingRequiredArgument):
             text = f"⚠️ missing `{error.param.name}` — usage: {usage(ctx)}"
         elif isinstance(error, commands.TooManyArguments):
-            text = f"⚠️ too many arguments — usage: {usage(ctx)}"
+            text = f"⚠️ {surplus_message(ctx)} — usage: {usage(ctx)}"
         elif isinstance(error, commands.UserInputError):
-            text = f"⚠️ {clip(str(error), 300)} — usage: {usage(ctx)}"
+            said = None if isinstance(error, OptionError) else bad_argument_message(ctx)
+            text = f"⚠️ {clip(said or str(error), 300)} — usage: {usage(ctx)}"
         elif isinstance(error, commands.CommandOnCooldown):
             text = f"⏳ slow down: try again in {error.retry_after:.0f}s"
         elif isinstance(error, commands.MaxConcurrencyReached):
@@ -139,7 +147,7 @@ class Core(commands.Cog):
                 names = [c.name for c in await self._runnable(ctx)]
                 hint = suggest(command, names)
                 raise UserError(f"no command `{command}` you may run" + (f" — did you mean `{hint}`?" if hint else ""))
-            e = discord.Embed(title=f"{prefix}{cmd.qualified_name} {cmd.signature}".strip(), colour=BLUE,
+            e = discord.Embed(title=f"{prefix}{cmd.qualified_name} {signature(cmd)}".strip(), colour=BLUE,
                               description=cmd.help or cmd.short_doc or "")
             req = requirement_of(cmd)
             if req:
@@ -148,7 +156,7 @@ class Core(commands.Cog):
             return
         runnable = await self._runnable(ctx)
         e = discord.Embed(title="What you can do here", colour=BLUE)
-        lines = [f"`{prefix}{c.name}{(' ' + c.signature) if c.signature else ''}` — {c.short_doc}" for c in runnable]
+        lines = [f"`{prefix}{c.name}{(' ' + signature(c)) if c.signature else ''}` — {c.short_doc}" for c in runnable]
         e.description = clip("\n".join(lines) or "Nothing: you hold no grants. Ask an admin.", 4096)
         e.set_footer(text=f"{prefix}help <command> for details · every command also works as /slash")
         await ctx.send(embed=e, ephemeral=True)

@@ -1,5 +1,6 @@
 """`!deploy`, `!rollback`, `!history`: releases with confirmation, one live progress message,
-automatic rollback, and a line in #deploys."""
+automatic rollback, and a line in #deploys. `--dry-run` shows the plan and changes nothing; `--force`
+passes a freeze (grant `deploy:force`). A rollback without a revision skips releases that failed."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import contextlib
 import logging
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 import discord
 from discord import app_commands
@@ -16,7 +17,12 @@ from discord.ext import commands
 
 from bot import autocomplete
 from bot.checks import Denied, member_allows, requires
+from bot.options import OptionError, clean
+from bot.options import options as takes_options
+from bot.options import parse as parse_options
 from bot.render import (
+    BLUE,
+    clip,
     handover_embed,
     history_embed,
     progress_embed,
@@ -33,7 +39,8 @@ log = logging.getLogger(__name__)
 
 EDIT_INTERVAL = 2.0  # at most one progress edit every ~2 s (Discord rate limits, readable)
 CONFIRM_KIND = "release"  # deploys and rollbacks waiting for a Confirm press (bot/views.py)
-Force = Literal["--force"]  # `!deploy chat prod v2 --force` during a freeze (grant deploy:force)
+# `--dry-run`: show the plan, change nothing; `--force`: past a freeze (grant deploy:force)
+OPTIONS_HELP = "--dry-run (show the plan, change nothing) · --force (past a freeze; needs deploy:force)"
 
 
 class ThrottledEditor:
@@ -87,30 +94,47 @@ class Deploy(commands.Cog):
     @commands.hybrid_command(name="deploy")
     @app_commands.autocomplete(service=autocomplete.services, env=autocomplete.envs)
     @requires("deploy")
-    @app_commands.describe(service="what to deploy", env="where", version="image tag (default: what the previous env runs)")
-    async def deploy(self, ctx: commands.Context[Any], service: str, env: str, version: str | None = None,
-                     force: Force | None = None) -> None:
+    @takes_options("--dry-run", "--force")
+    @app_commands.describe(service="what to deploy", env="where", version="image tag (default: what the previous env runs)",
+                           options=OPTIONS_HELP)
+    async def deploy(self, ctx: commands.Context[Any], service: str, env: str, version: str | None = None, *,
+                     options: str = "") -> None:
         """Deploy a version (default: promote what the previous env runs), watching the rollout."""
-        if version == "--force":  # `!deploy chat prod --force`: promote, forced
-            version, force = None, "--force"
+        given = parse_options(ctx, version, options)  # `!deploy chat prod --force`: promote, forced
+        if len(given.words) > 1:
+            raise OptionError(f"`{clean(' '.join(given.words[1:]))}` is too many after the version")
+        version = given.words[0] if given.words else None
         await ctx.defer()
         plan = await self.app.deployer.plan_deploy(service, env, version)
         if plan.from_version == plan.to_version:
             await ctx.send(f"ℹ️ `{plan.service}` already runs `{plan.to_version}` in `{plan.env}`; deploying it again "
                            "restarts nothing. Use a different version.")
             return
-        await self._begin(ctx, plan, force=force is not None)
+        if "--dry-run" in given:
+            await self._dry_run(ctx, plan, force="--force" in given)
+            return
+        await self._begin(ctx, plan, force="--force" in given)
 
     @commands.hybrid_command(name="rollback")
     @app_commands.autocomplete(service=autocomplete.services, env=autocomplete.envs)
     @requires("rollback")
-    @app_commands.describe(service="what to roll back", env="where", revision="revision number (default: the previous one)")
-    async def rollback(self, ctx: commands.Context[Any], service: str, env: str, revision: int | None = None,
-                       force: Force | None = None) -> None:
-        """Go back to an earlier revision (kubectl rollout undo semantics)."""
+    @takes_options("--dry-run", "--force")
+    @app_commands.describe(service="what to roll back", env="where",
+                           revision="revision number (default: the newest earlier one that did not fail)",
+                           options=OPTIONS_HELP)
+    async def rollback(self, ctx: commands.Context[Any], service: str, env: str, revision: int | None = None, *,
+                       options: str = "") -> None:
+        """Go back to an earlier revision (kubectl rollout undo semantics; by default skipping releases
+        whose rollout failed under the bot)."""
+        given = parse_options(ctx, options)
+        if given.words:
+            raise OptionError(f"`{clean(given.words[0])}` is not a revision number")
         await ctx.defer()
         plan = await self.app.deployer.plan_rollback(service, env, revision)
-        await self._begin(ctx, plan, force=force is not None)
+        if "--dry-run" in given:
+            await self._dry_run(ctx, plan, force="--force" in given)
+            return
+        await self._begin(ctx, plan, force="--force" in given)
 
     @commands.hybrid_command(name="history")
     @app_commands.autocomplete(service=autocomplete.services, env=autocomplete.envs)
@@ -134,12 +158,74 @@ class Deploy(commands.Cog):
 
 
 
+    # ------------------------------------------------------------------ dry run
+
+    async def _dry_run(self, ctx: commands.Context[Any], plan: Plan, *, force: bool) -> None:
+        """`--dry-run`: the plan and what stands in its way; no lock, no audit, no write anywhere."""
+        app = self.app
+        user = ctx.author
+        name = discord.utils.escape_markdown(getattr(user, "display_name", str(user)))
+        env_cfg = app.settings.env(plan.env)
+        preview = app.deployer.preview(plan)
+        now = datetime.now(UTC)
+        locks = await app.locks.active(plan.env, plan.service)
+        freezes = await app.freezes.active(plan.env)
+        e = discord.Embed(title=clip(f"🧪 dry run: {plan.describe()}", 256), colour=BLUE)
+        change = f"`{plan.from_version or '?'}` → `{plan.to_version or '?'}`"
+        if plan.kind == "rollback":
+            change += f" (revision {plan.revision})"
+        elif plan.image:
+            change += f" (image `{plan.image}`)"
+        lines = [f"**Change** {change} on {preview.platform}, {preview.where}",
+                 f"**Strategy** {preview.strategy}"]
+        lines += [f"↷ {n}" for n in plan.notes] + ([f"⚠️ {plan.warning}"] if plan.warning else [])
+        e.description = clip("\n".join(lines), 4096)
+        e.add_field(name="Checked while it runs", value=clip("\n".join(f"• {c}" for c in preview.checks), 1024),
+                    inline=False)
+        if env_cfg.approvals:
+            confirm = (f"a Confirm press by {name} (within the confirmation window), then "
+                       f"{env_cfg.approvals} approval(s) by someone else holding `{plan.kind}:{plan.env}`")
+        elif env_cfg.confirm:
+            confirm = f"a Confirm press by {name} (within the confirmation window)"
+        else:
+            confirm = "nobody: it starts at once"
+        e.add_field(name="Who must confirm", value=clip(confirm, 1024), inline=False)
+        blocked = []
+        if locks:
+            blocked.append("locked")
+        lock_text = "\n".join(("🔒 " if i.kind == "manual" else "🚀 ") + i.describe(now) for i in locks) or "none"
+        e.add_field(name="Locks in force", value=clip(lock_text, 1024), inline=False)
+        if freezes:
+            may_force = member_allows(app, user, "deploy:force", plan.env, plan.service)
+            if force and may_force:
+                verdict = "`--force` passes it (you hold `deploy:force`; it would be audited)"
+            elif force:
+                verdict = "refused: `--force` needs the `deploy:force` grant, which you do not hold"
+            else:
+                verdict = "refused now; `--force` passes it for holders of `deploy:force`"
+            if not (force and may_force):
+                blocked.append("frozen")
+            freeze_text = "\n".join(f"🧊 {f.describe(app.settings.timezone)}" for f in freezes) + f"\n→ {verdict}"
+        else:
+            freeze_text = "none"
+        e.add_field(name="Freezes in force", value=clip(freeze_text, 1024), inline=False)
+        run = f"`{app.settings.command_prefix}{plan.kind} {plan.service} {plan.env} " + (
+            f"{plan.to_version}`" if plan.kind == "deploy" else f"{plan.revision}`")
+        outcome = (f"as things stand it would be refused ({' and '.join(blocked)})" if blocked
+                   else f"{run} does it")
+        e.set_footer(text=clip(f"Nothing was changed: no lock taken, no change sent to {preview.platform}. {outcome}.",
+                               2048).replace("`", ""))
+        await ctx.send(embed=e, allowed_mentions=discord.AllowedMentions.none())
+
     # ------------------------------------------------------------------ flow
 
     async def _begin(self, ctx: commands.Context[Any], plan: Plan, *, force: bool = False) -> None:
         """Refuse early if locked or frozen; confirm where the env wants it; then start."""
         await self._refuse_if_locked(plan)
         await self._refuse_if_frozen(ctx, plan, force)
+        said = [f"↷ {n}" for n in plan.notes] + ([f"⚠️ {plan.warning}"] if plan.warning else [])
+        if said:  # what a default rollback skipped, or that the revision named is known bad
+            await ctx.send(clip("\n".join(said), 2000), allowed_mentions=discord.AllowedMentions.none())
         actor = _actor(ctx, ctx.channel)
         env_cfg = self.app.settings.env(plan.env)
         if not (env_cfg.confirm or env_cfg.approvals):

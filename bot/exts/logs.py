@@ -12,8 +12,11 @@ from discord.ext import commands
 
 from bot import autocomplete
 from bot.checks import requires
+from bot.options import Option
+from bot.options import options as takes_options
 from bot.render import code_block
 from commands.catalog import UserError
+from commands.logs import _OPTIONS as LOG_OPTIONS
 from commands.logs import LogCollector, collect, merge, parse_log_args
 from commands.redact import Redactor
 from commands.targets.base import PlatformError
@@ -32,6 +35,7 @@ class Logs(commands.Cog):
     @commands.hybrid_command(name="logs")
     @app_commands.autocomplete(service=autocomplete.services, env=autocomplete.envs)
     @requires("logs")
+    @takes_options(*(Option(name, metavar) for name, metavar in LOG_OPTIONS.items()))  # values: parse_log_args
     @app_commands.describe(options="--since 10m --tail N --grep REGEX --previous --pod NAME --container NAME")
     async def logs(self, ctx: commands.Context[Any], service: str, env: str, *, options: str = "") -> None:
         """Logs of all pods merged in time order, secrets redacted; a file when long."""

@@ -19,8 +19,10 @@ from discord.ext import commands
 
 from bot import autocomplete
 from bot.checks import Denied, member_allows, requires
+from bot.options import Option, OptionError, OptionSpec, clean
+from bot.options import options as takes_options
 from bot.render import BLUE, clip
-from commands.catalog import UserError
+from commands.catalog import UserError, suggest
 from commands.maintenance import ALL, WindowView, parse_action
 from commands.models import TargetState
 from commands.timeutil import parse_duration, short
@@ -36,28 +38,18 @@ USAGE = ("`!maintenance schedule <service|all> <env> <start> <duration> <reason>
 # ----------------------------------------------------------------------------- parsing
 
 
+SCHEDULE_OPTIONS = OptionSpec((Option("--restart"), Option("--scale", "N", "2"), Option("--run-job", "CRONJOB", "db-backup"),
+                               Option("--prune")))
+
+
 def split_options(words: list[str]) -> tuple[list[str], list[str]]:
     """Pull ``--restart``, ``--scale N``, ``--run-job NAME``, ``--prune`` out of ``words``."""
-    rest, actions = [], []
-    i = 0
-    while i < len(words):
-        word = words[i]
-        if word.startswith("--"):
-            flag = word[2:].lower()
-            if flag in ("restart", "prune"):
-                actions.append(parse_action(flag))
-            elif flag in ("scale", "run-job"):
-                if i + 1 >= len(words):
-                    raise UserError(f"`--{flag}` needs a value: `--scale 2`, `--run-job db-backup`")
-                actions.append(parse_action(f"{flag} {words[i + 1]}"))
-                i += 1
-            else:
-                raise UserError(f"unknown option `{word}`; options: `--restart`, `--scale N`, `--run-job CRONJOB`, "
-                                "`--prune`")
-        else:
-            rest.append(word)
-        i += 1
-    return rest, actions
+    try:
+        given = SCHEDULE_OPTIONS.parse(words, "!maintenance schedule")
+    except OptionError as e:
+        raise UserError(str(e)) from None
+    actions = [parse_action(name[2:] if value is True else f"{name[2:]} {value}") for name, value in given.values.items()]
+    return given.words, actions
 
 
 def _looks_like_duration(word: str) -> bool:
@@ -184,6 +176,12 @@ class Maintenance(commands.Cog):
     async def maintenance(self, ctx: commands.Context[Any], which: str | None = None) -> None:
         """Maintenance windows (scheduled and running) and deploy freezes in force; `all` adds finished ones."""
         app = self.app
+        if which and which.lower() not in ("all", "past", "list"):
+            names = sorted(c.name for c in ctx.command.commands) if isinstance(ctx.command, commands.Group) else []
+            hint = suggest(which.lower(), names + ["all", "past"])
+            raise UserError(f"`!maintenance {clean(which)}`: no such list or subcommand"
+                            + (f" — did you mean `!maintenance {hint}`?" if hint else "")
+                            + "; `!maintenance [all]`, or " + ", ".join(f"`{n}`" for n in names))
         now = app.maintenance.now()
         states: tuple[str, ...] = ("scheduled", "starting", "active", "ending")
         if which and which.lower() in ("all", "past"):
@@ -204,6 +202,7 @@ class Maintenance(commands.Cog):
     @app_commands.describe(service="a service, or all", env="the env",
                            details='<start> <duration> <reason> [--restart] [--scale N] [--run-job CRONJOB] [--prune]')
     @requires("maintenance")
+    @takes_options(*SCHEDULE_OPTIONS.options)
     async def schedule(self, ctx: commands.Context[Any], service: str, env: str, *, details: str) -> None:
         """Plan a window: at its start a silence, an announcement and the actions; at its end a report."""
         app = self.app

@@ -12,6 +12,7 @@ from discord.ext import commands
 
 from bot import autocomplete
 from bot.checks import Denied, member_allows, requires
+from bot.options import options as takes_options
 from bot.render import clip, code_block
 from commands.catalog import UserError
 from commands.metrics import (
@@ -37,6 +38,7 @@ class Metrics(commands.Cog):
     @commands.hybrid_command(name="graph")
     @app_commands.autocomplete(service=autocomplete.services, env=autocomplete.envs)
     @requires("status")
+    @takes_options(text=["what"])  # PromQL is free text: its `--words` are its own
     @app_commands.describe(service="a service", env="an environment",
                            what="a metric (request_rate, error_ratio, latency_p95, cpu, memory, up) or PromQL, "
                                 "then a range such as 6h (default: request_rate over 1h)")
@@ -61,6 +63,7 @@ class Metrics(commands.Cog):
 
     @commands.hybrid_command(name="query")
     @requires("query", env_arg=None, service_arg=None)
+    @takes_options(text=["promql"])  # PromQL is free text: its `--words` are its own
     @app_commands.describe(promql="a PromQL expression, evaluated now")
     async def query(self, ctx: commands.Context[Any], *, promql: str) -> None:
         """The value of a PromQL expression now, as a table (largest first)."""
